@@ -1,0 +1,65 @@
+"""Config checks that run before anything heavy: every ``_target_`` node's keys must be arguments of its target.
+
+Hydra already rejects overrides of keys that do not exist (``model.pth=...``); this catches the rest (keys
+added with ``+``, typos inside experiment files) with the file-level key path and the closest valid names.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+
+from hydra.utils import get_object
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
+
+
+class ConfigError(ValueError):
+    """A config key or value that cannot work; the message names the key and the fix."""
+
+
+def _check_node(node: DictConfig, where: str, problems: list[str]) -> None:
+    target = node.get("_target_")
+    try:
+        obj = get_object(target)
+    except Exception as err:  # noqa: BLE001 - reported with the key path
+        problems.append(f"{where}._target_={target!r} cannot be imported ({err}).")
+        return
+    try:
+        params = inspect.signature(obj).parameters
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    for key in node.keys():
+        if key in HYDRA_KEYS or key in params:
+            continue
+        close = difflib.get_close_matches(str(key), list(params), n=2)
+        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        problems.append(f"{where}.{key} is not an argument of {target}; valid keys: "
+                        f"{', '.join(p for p in params if p not in ('self', 'args', 'kwargs'))}.{hint}")
+
+
+def _walk(node, where: str, problems: list[str]) -> None:
+    if isinstance(node, DictConfig):
+        if "_target_" in node:
+            _check_node(node, where, problems)
+        for key in node.keys():
+            _walk(node._get_node(key), f"{where}.{key}" if where else str(key), problems)
+    elif isinstance(node, ListConfig):
+        for i, child in enumerate(node):
+            _walk(child, f"{where}[{i}]", problems)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Raise ``ConfigError`` listing every bad key (all at once) and every unresolvable interpolation."""
+    problems: list[str] = []
+    try:
+        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except Exception as err:  # noqa: BLE001
+        problems.append(f"config does not resolve: {err}")
+    _walk(cfg, "", problems)
+    if problems:
+        raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems)
+                          + "\nFix the keys above (command line or conf/ files); nothing was loaded.")

@@ -1,0 +1,1 @@
+"""Training methods: each decides which parameters of an ``Embedder`` train, and nothing else."""

@@ -1,0 +1,85 @@
+"""Load a backbone (model + processor) by hub id or local folder, failing fast when it cannot be had.
+
+In: ``family`` (see ``families.py``), ``path`` (hub id, local folder, or ``lco-tiny/<name>``), dtype.
+Out: a ``Backbone`` whose ``model`` is the transformers model (Omni: the thinker only) and whose
+``processor`` is the checkpoint's processor (a tokenizer for text-only families).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lco.hub import hub_reachable
+from lco.models.families import Family, get_family
+from lco.models.processor import load_processor
+from lco.models.tiny import TINY_PREFIX, materialize
+
+
+class BackboneUnavailable(RuntimeError):
+    """The model named in the config can be neither found locally nor downloaded."""
+
+
+@dataclass
+class Backbone:
+    model: torch.nn.Module
+    processor: object
+    family: Family
+    path: str
+
+    @property
+    def tokenizer(self):
+        return getattr(self.processor, "tokenizer", self.processor)
+
+
+def _cached_on_disk(repo_id: str, revision: str | None) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+    return isinstance(found, str)
+
+
+def resolve_path(path: str, revision: str | None = None, config_key: str = "model.path") -> tuple[str, dict]:
+    """Return (path to load, extra from_pretrained kwargs); raise ``BackboneUnavailable`` without waiting on retries."""
+    if path.startswith(TINY_PREFIX):
+        return str(materialize(path[len(TINY_PREFIX):])), {}
+    if Path(path).expanduser().exists():
+        local = Path(path).expanduser()
+        if not (local / "config.json").exists():
+            raise BackboneUnavailable(
+                f"{config_key}={path!r} is a local path but has no config.json: point {config_key} at a folder "
+                "written by save_pretrained (or a hub snapshot)."
+            )
+        return str(local), {}
+    if _cached_on_disk(path, revision):
+        return path, {"local_files_only": True, "revision": revision}
+    if hub_reachable():
+        return path, {"revision": revision}
+    raise BackboneUnavailable(
+        f"model {path!r} is not in the local Hugging Face cache and the hub cannot be reached (offline or "
+        f"HF_HUB_OFFLINE=1). Download it on a connected machine (`hf download {path}`) and copy the cache, or set "
+        f"{config_key}=/path/to/local/folder. For an offline run use a tiny twin: model=tiny_omni, tiny_vl or tiny_text."
+    )
+
+
+def load_backbone(family: str, path: str, dtype: str = "auto", attn_implementation: str | None = "sdpa",
+                  revision: str | None = None, trust_remote_code: bool = False) -> Backbone:
+    """Load model and processor. ``dtype``: ``auto`` (bf16 on CUDA, else fp32), ``bfloat16``, ``float32``..."""
+    import transformers
+
+    fam = get_family(family)
+    where, hub_kwargs = resolve_path(path, revision)
+    hub_kwargs = {k: v for k, v in hub_kwargs.items() if v is not None}
+    if dtype == "auto":
+        dtype = "bfloat16" if torch.cuda.is_available() else "float32"
+    config = transformers.AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code, **hub_kwargs)
+    if fam.config_key and hasattr(config, fam.config_key):  # Omni checkpoints: keep only the thinker
+        config = getattr(config, fam.config_key)
+    cls = getattr(transformers, fam.model_class)
+    model = cls.from_pretrained(where, config=config, dtype=getattr(torch, dtype),
+                                attn_implementation=attn_implementation, trust_remote_code=trust_remote_code,
+                                **hub_kwargs)
+    processor = load_processor(where, fam.processor_class, fam.feature_extractor_class, **hub_kwargs)
+    return Backbone(model=model, processor=processor, family=fam, path=path)

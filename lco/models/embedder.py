@@ -1,0 +1,54 @@
+"""Backbone + pooling + normalisation: the embedding model lco trains and serves.
+
+``Embedder(inputs)`` takes one processor batch (``input_ids`` [N, T], ``attention_mask`` [N, T], optional
+media tensors) and returns float32 embeddings [N, D]. The default is the reference: the final hidden state
+*after* the decoder's last norm (the headless model's ``last_hidden_state``; the LM head is never run) at the
+last real token, L2-normalised.
+"""
+
+from __future__ import annotations
+
+import torch
+from peft import PeftModel
+from torch import nn
+
+from lco.data.collate import ItemEncoder
+from lco.models.backbone import Backbone
+from lco.models.pooling import pool
+from lco.prompts import Prompter
+
+
+class Embedder(nn.Module):
+    def __init__(self, backbone: Backbone, pooling: str = "last", normalize: bool = True,
+                 max_text_tokens: int = 650, prompter: Prompter | None = None):
+        super().__init__()
+        self.model = backbone.model  # the transformers model; a method may wrap it (LoRA: a PeftModel)
+        self.backbone = backbone
+        self.pooling = pooling
+        self.normalize = normalize
+        self.encoder = ItemEncoder(backbone.processor, prompter or Prompter(), max_text_tokens)
+
+    @property
+    def family(self):
+        return self.backbone.family
+
+    @property
+    def headless(self) -> nn.Module:
+        """The decoder without LM head (``*ForCausalLM.model``), whose output is after the final norm."""
+        model = self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
+        return model.model
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        out = self.headless(**inputs, use_cache=False, return_dict=True)
+        return pool(out.last_hidden_state, inputs["attention_mask"], self.pooling, self.normalize)
+
+    @torch.no_grad()
+    def encode(self, items: list[dict], batch_size: int = 32) -> torch.Tensor:
+        """Embed items (``{"text": ...}`` dicts, or plain strings) with training's prompts; returns [N, D] on CPU."""
+        items = [{"text": it} if isinstance(it, str) else it for it in items]
+        device = next(self.model.parameters()).device
+        chunks = []
+        for start in range(0, len(items), batch_size):
+            batch = self.encoder(items[start: start + batch_size])
+            chunks.append(self({k: v.to(device) for k, v in batch.items()}).cpu())
+        return torch.cat(chunks)

@@ -1,0 +1,40 @@
+"""Every model-family difference lives here: class, decoder path, towers, processor parts, prompt tokens.
+
+A family is identified by the ``model.family`` config key. ``lm_prefix`` is the module path of the language
+decoder inside the loaded model (transformers 5 layout); ``towers`` are the modality encoders (with their
+projectors) that lco always freezes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    model_class: str
+    lm_prefix: str
+    towers: tuple[str, ...]
+    modalities: tuple[str, ...]
+    processor_class: str
+    feature_extractor_class: str | None = None
+    config_key: str | None = None  # sub-config to use from a composite checkpoint config (Omni's thinker)
+
+
+FAMILIES: dict[str, Family] = {
+    "qwen2": Family("qwen2", "AutoModelForCausalLM", "model", (), ("text",), "tokenizer"),
+    "qwen2_vl": Family("qwen2_vl", "Qwen2VLForConditionalGeneration", "model.language_model", ("model.visual",),
+                       ("text", "image", "video"), "Qwen2VLProcessor"),
+    "qwen2_5_vl": Family("qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration", "model.language_model",
+                         ("model.visual",), ("text", "image", "video"), "Qwen2_5_VLProcessor"),
+    "qwen2_5_omni": Family("qwen2_5_omni", "Qwen2_5OmniThinkerForConditionalGeneration", "model.language_model",
+                           ("model.visual", "model.audio_tower"), ("text", "image", "video", "audio"),
+                           "Qwen2_5OmniProcessor", "WhisperFeatureExtractor", config_key="thinker_config"),
+}
+
+
+def get_family(name: str) -> Family:
+    if name not in FAMILIES:
+        raise ValueError(f"model.family={name!r} is not a known family; choose one of {sorted(FAMILIES)}.")
+    return FAMILIES[name]

@@ -1,0 +1,32 @@
+"""Pooling of decoder states into one vector per sequence.
+
+All functions take ``hidden`` [N, T, D] (any float dtype) and ``attention_mask`` [N, T] (1 = real token)
+and return [N, D]. They work under left *and* right padding: the last real token is found from the mask,
+never assumed to sit at position -1.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def last_token(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    last = (attention_mask.bool() * positions).argmax(dim=1)  # index of the last real token per row
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+def mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    mask = attention_mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+
+
+POOLERS = {"last": last_token, "mean": mean}
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str = "last", normalize: bool = True):
+    if how not in POOLERS:
+        raise ValueError(f"embed.pooling={how!r} is unknown; choose one of {sorted(POOLERS)}")
+    vectors = POOLERS[how](hidden, attention_mask)
+    return F.normalize(vectors.float(), dim=-1) if normalize else vectors.float()

@@ -1,0 +1,127 @@
+"""Offline tiny twins of the supported families: random weights, real Qwen token ids, real processor classes.
+
+``materialize("tiny_omni")`` writes an ordinary HF folder (config, safetensors weights, tokenizer, processor,
+chat template) under the lco cache, built deterministically from a seed, and returns its path. lco then loads
+it with the same ``from_pretrained`` code as a real checkpoint, so tests exercise the user's code path.
+The hub id ``lco-tiny/<name>`` in ``model.path`` refers to these folders.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+TINY_PREFIX = "lco-tiny/"
+_TEXT = dict(vocab_size=151936, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=4096, rms_norm_eps=1e-6, tie_word_embeddings=True,
+             pad_token_id=151643, eos_token_id=151645, bos_token_id=151643)
+_MROPE = {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]}
+_VISION = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+               fullatt_block_indexes=[1], patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
+
+# name -> (family, tokenizer flavour, config kwargs)
+TINY_SPECS: dict[str, tuple[str, str, dict]] = {
+    "tiny_text": ("qwen2", "vl", {"text": _TEXT}),
+    "tiny_vl": ("qwen2_5_vl", "vl", {"text": {**_TEXT, "rope_parameters": _MROPE}, "vision": _VISION}),
+    "tiny_omni": ("qwen2_5_omni", "omni", {
+        "text": {**_TEXT, "rope_parameters": _MROPE},
+        "vision": _VISION,
+        "audio": dict(encoder_layers=2, d_model=32, encoder_attention_heads=2, encoder_ffn_dim=64, output_dim=64,
+                      num_mel_bins=128, max_source_positions=1500, n_window=100),
+    }),
+}
+_FORMAT_VERSION = 1
+
+
+def cache_root() -> Path:
+    """Where lco keeps generated artefacts: ``$LCO_CACHE`` or ``~/.cache/lco``."""
+    return Path(os.environ.get("LCO_CACHE", Path.home() / ".cache" / "lco"))
+
+
+def _chat_template(flavour: str) -> str:
+    tokens = {
+        "vl": {"VISION_BOS": "<|vision_start|>", "VISION_EOS": "<|vision_end|>", "IMAGE": "<|image_pad|>",
+               "VIDEO": "<|video_pad|>", "AUDIO_BOS": "", "AUDIO": "", "AUDIO_EOS": ""},
+        "omni": {"VISION_BOS": "<|vision_bos|>", "VISION_EOS": "<|vision_eos|>", "IMAGE": "<|IMAGE|>",
+                 "VIDEO": "<|VIDEO|>", "AUDIO_BOS": "<|audio_bos|>", "AUDIO": "<|AUDIO|>",
+                 "AUDIO_EOS": "<|audio_eos|>"},
+    }[flavour]
+    text = (Path(__file__).parent / "chat_template.jinja").read_text()
+    for key, value in tokens.items():
+        text = text.replace(f"@@{key}@@", value)
+    return text
+
+
+def build_config(name: str):
+    """The transformers config of tiny twin ``name`` (a dict of sizes in ``TINY_SPECS``)."""
+    import transformers
+
+    family, _, spec = TINY_SPECS[name]
+    if family == "qwen2":
+        return transformers.Qwen2Config(**spec["text"])
+    if family == "qwen2_5_vl":
+        return transformers.Qwen2_5_VLConfig(text_config=spec["text"], vision_config=spec["vision"],
+                                             image_token_id=151655, video_token_id=151656,
+                                             vision_start_token_id=151652, tie_word_embeddings=True)
+    return transformers.Qwen2_5OmniThinkerConfig(text_config=spec["text"], vision_config=spec["vision"],
+                                                 audio_config=spec["audio"], vision_start_token_id=151652)
+
+
+def build_processor(name: str):
+    """The processor (tokenizer for text-only) of tiny twin ``name``, from the real Qwen vocabulary."""
+    from transformers import Qwen2VLImageProcessorPil, WhisperFeatureExtractor
+
+    from lco.models.families import get_family
+    from lco.models.processor import assemble_processor
+    from lco.models.tokenizer import build_qwen_tokenizer
+
+    family_name, flavour, _ = TINY_SPECS[name]
+    family = get_family(family_name)
+    tokenizer = build_qwen_tokenizer(flavour)
+    if family.processor_class == "tokenizer":
+        return assemble_processor("tokenizer", tokenizer, chat_template=_chat_template(flavour))
+    # Small pixel budget: a 112x112 image becomes 16 patches -> 4 merged tokens.
+    image_processor = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=224 * 224)
+    feature_extractor = WhisperFeatureExtractor(feature_size=128) if family.feature_extractor_class else None
+    return assemble_processor(family.processor_class, tokenizer, image_processor, feature_extractor,
+                              chat_template=_chat_template(flavour))
+
+
+def _fingerprint(name: str) -> str:
+    payload = json.dumps([_FORMAT_VERSION, TINY_SPECS[name]], sort_keys=True).encode()
+    return hashlib.sha256(payload).hexdigest()[:12]
+
+
+def materialize(name: str, seed: int = 0) -> Path:
+    """Write (once) and return the HF folder of tiny twin ``name``; atomic, so parallel callers are safe."""
+    if name not in TINY_SPECS:
+        raise ValueError(f"unknown tiny model {name!r}; choose one of {sorted(TINY_SPECS)}")
+    target = cache_root() / "tiny" / f"{name}-{_fingerprint(name)}-seed{seed}"
+    if (target / "config.json").exists():
+        return target
+    import transformers
+
+    from lco.models.families import get_family
+
+    family = get_family(TINY_SPECS[name][0])
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}-"))
+    try:
+        torch.manual_seed(seed)
+        cls = getattr(transformers, "Qwen2ForCausalLM" if family.name == "qwen2" else family.model_class)
+        cls(build_config(name)).save_pretrained(tmp)
+        build_processor(name).save_pretrained(tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:  # another process won the race; its folder is identical
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target

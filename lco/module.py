@@ -1,0 +1,102 @@
+"""The LightningModule: embed anchor/positive/negatives, contrastive loss, optimiser, validation retrieval.
+
+Composition only: the ``Embedder`` embeds, the ``Method`` decides what trains, the loss scores. Checkpoints
+hold only trainable tensors (LoRA weights, loss scale), not the frozen multi-GB base.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import partial
+
+import pytorch_lightning as pl
+import torch
+
+from lco.losses import InfoNCE
+from lco.methods.base import Method, count_parameters
+from lco.models.embedder import Embedder
+from lco.optim import build_scheduler
+
+
+class ContrastiveModule(pl.LightningModule):
+    """Inputs per step: a ``TripletCollator`` batch. Logs ``train/loss``, ``val/loss``, ``val/r1``, ``val/r5``."""
+
+    def __init__(self, embedder: Embedder, method: Method, loss: InfoNCE, optimizer: partial,
+                 scheduler: dict | None = None, gradient_checkpointing: str | bool = "auto"):
+        super().__init__()
+        self.embedder = embedder
+        self.method = method
+        self.loss_fn = loss
+        self.optimizer_factory = optimizer
+        self.scheduler_cfg = dict(scheduler or {})
+        self.gradient_checkpointing = gradient_checkpointing
+        self.strict_loading = False  # checkpoints carry trainable tensors only
+        method.apply(embedder)
+        embedder.train()  # from_pretrained returns eval mode; LoRA dropout must be active while training
+        self._val_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.history: dict[str, list[float]] = {"train/loss": [], "val/r1": [], "val/loss": []}
+        self._t0 = None
+
+    def parameter_counts(self) -> dict[str, int]:
+        return count_parameters(self)
+
+    def setup(self, stage: str) -> None:
+        use_gc = self.gradient_checkpointing
+        if use_gc == "auto":
+            use_gc = self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator"
+        if use_gc:
+            self.embedder.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    def _embed_triplets(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        anchor = self.embedder(batch["anchor"])
+        positive = self.embedder(batch["positive"])
+        negative = self.embedder(batch["negative"]) if batch["negative"] is not None else None
+        return anchor, positive, negative
+
+    def training_step(self, batch, batch_idx):
+        if self._t0 is None:
+            self._t0 = time.perf_counter()
+        loss = self.loss_fn(*self._embed_triplets(batch))
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["anchor"]["input_ids"].shape[0])
+        self.log("train/temperature", self.loss_fn.temperature, batch_size=1)
+        self.history["train/loss"].append(float(loss.detach()))
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        anchor, positive, negative = self._embed_triplets(batch)
+        loss = self.loss_fn(anchor, positive, negative, gather=False)
+        self.log("val/loss", loss, batch_size=anchor.shape[0], sync_dist=True)
+        self._val_outputs.append((anchor.detach(), positive.detach()))
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_outputs:
+            return
+        anchors = torch.cat([a for a, _ in self._val_outputs])
+        positives = torch.cat([p for _, p in self._val_outputs])
+        self._val_outputs.clear()
+        ranks = retrieval_ranks(anchors, positives)
+        self.log("val/r1", (ranks < 1).float().mean(), sync_dist=True)
+        self.log("val/r5", (ranks < 5).float().mean(), sync_dist=True)
+        self.history["val/r1"].append(float((ranks < 1).float().mean()))
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params)
+        if not self.scheduler_cfg:
+            return optimizer
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = build_scheduler(optimizer, total_steps=total, **self.scheduler_cfg)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def state_dict(self, *args, **kwargs):
+        full = super().state_dict(*args, **kwargs)
+        keep = {name for name, p in self.named_parameters() if p.requires_grad}
+        return {k: v for k, v in full.items() if k in keep or k.endswith("log_scale")}
+
+
+@torch.no_grad()
+def retrieval_ranks(queries: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Rank (0 = first) of ``targets[i]`` among all targets for ``queries[i]`` by cosine; inputs [N, D]."""
+    scores = queries.float() @ targets.float().T
+    own = scores.diagonal().unsqueeze(1)
+    return (scores > own).sum(dim=1)

@@ -1,0 +1,81 @@
+"""``python -m lco.train [overrides]``: compose conf/train.yaml, check it, then data -> model -> fit -> save.
+
+Order matters: config keys and data records are validated before any model weights load, so mistakes
+fail in seconds. Outputs go to the run folder (``paths.output_dir``): ``config.yaml``, ``checkpoints/``,
+``adapter/`` (peft folder + processor + ``lco_embedding.json``), logger files.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import LearningRateMonitor
+
+from lco.config import ConfigError, check_config
+from lco.data.records import RecordError
+from lco.models.backbone import BackboneUnavailable
+from lco.module import ContrastiveModule
+from lco.summary import print_summary
+
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+USER_ERRORS = (ConfigError, BackboneUnavailable, RecordError, FileNotFoundError)
+
+
+def _instantiate_group(group: DictConfig | None) -> list:
+    return [instantiate(node) for node in (group or {}).values() if node is not None]
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    """Train with a composed config; returns the final logged metrics (floats)."""
+    check_config(cfg)
+    pl.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.data)
+    datamodule.load()  # bad data fails here, before the model loads
+    backbone = instantiate(cfg.model)
+    embedder = instantiate(cfg.embed)(backbone)
+    module = ContrastiveModule(embedder, method=instantiate(cfg.method), loss=instantiate(cfg.loss),
+                               optimizer=instantiate(cfg.optim.optimizer),
+                               scheduler=OmegaConf.to_container(cfg.optim.scheduler),
+                               gradient_checkpointing=cfg.gradient_checkpointing)
+    datamodule.attach(embedder.encoder)
+    loggers = _instantiate_group(cfg.get("logger"))
+    callbacks = _instantiate_group(cfg.get("callbacks"))
+    if not loggers:  # logger=none: an LR monitor has nowhere to write (Lightning would refuse to start)
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    out = Path(cfg.paths.output_dir)
+    if trainer.is_global_zero:
+        out.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, out / "config.yaml", resolve=True)
+    before = {}
+    if cfg.validate_before and not trainer.fast_dev_run:
+        before = {k: float(v) for k, v in trainer.validate(module, datamodule, verbose=False)[0].items()}
+    trainer.fit(module, datamodule, ckpt_path=cfg.ckpt_path)
+    after = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if trainer.is_global_zero:
+        print_summary(module, before, after, out, trainer)
+    return after
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        metrics = run(cfg)
+    except Exception as err:
+        cause = err
+        while cause is not None and not isinstance(cause, USER_ERRORS):
+            cause = cause.__cause__  # hydra's instantiate wraps errors raised by targets
+        if cause is None:
+            raise
+        print(f"lco: error: {cause}", file=sys.stderr)  # a message the user can act on; no traceback
+        raise SystemExit(2) from None
+    return metrics.get("val/r1")
+
+
+if __name__ == "__main__":
+    main()

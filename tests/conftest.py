@@ -1,0 +1,46 @@
+"""Shared fixtures: offline environment, tiny backbones, Hydra composition of conf/train.yaml."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra.core.global_hydra import GlobalHydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from omegaconf import open_dict  # noqa: E402
+
+from lco.train import CONF_DIR  # noqa: E402
+
+torch.set_num_threads(1)
+TINY_FAMILIES = {"tiny_text": "qwen2", "tiny_vl": "qwen2_5_vl", "tiny_omni": "qwen2_5_omni"}
+
+
+def compose_train(tmp_path, overrides: list[str] = ()):
+    """conf/train.yaml composed as `python -m lco.train` would, with outputs under ``tmp_path``."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=list(overrides), return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(tmp_path)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+@pytest.fixture
+def tiny_backbone():
+    from lco.models.backbone import load_backbone
+
+    def load(name: str = "tiny_text"):
+        return load_backbone(TINY_FAMILIES[name], f"lco-tiny/{name}", dtype="float32")
+
+    return load

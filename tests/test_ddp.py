@@ -1,0 +1,83 @@
+"""2 processes (gloo) == 1 process on the same global batch: loss and LoRA gradients, with hard negatives."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from lco.data.synthetic import SceneTriplets
+from lco.losses import InfoNCE
+from lco.methods.lora import LoRA
+from lco.models.backbone import load_backbone
+from lco.models.embedder import Embedder
+
+GLOBAL_BATCH = 8
+
+
+def _loss_and_grads(records, rank=0, world=1):
+    torch.manual_seed(0)
+    embedder = Embedder(load_backbone("qwen2", "lco-tiny/tiny_text"))
+    LoRA(r=4, alpha=8, dropout=0.0).apply(embedder)
+    for name, p in embedder.named_parameters():  # LoRA B starts at zero: give it values so A gets gradients too
+        if "lora_B" in name:
+            with torch.no_grad():
+                p.copy_(torch.randn_like(p, generator=torch.Generator().manual_seed(len(name))) * 0.1)
+    share = GLOBAL_BATCH // world
+    local = records[rank * share:(rank + 1) * share]
+    batch = {k: embedder.encoder([r[k] if k != "negatives" else r[k][0] for r in local]) for k in ("anchor", "positive", "negatives")}
+    loss = InfoNCE(temperature=0.05)(embedder(batch["anchor"]), embedder(batch["positive"]), embedder(batch["negatives"]))
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in embedder.named_parameters() if p.requires_grad}
+    if world > 1:  # what DDP does: average gradients over ranks
+        for g in grads.values():
+            dist.all_reduce(g)
+            g /= world
+        dist.all_reduce(loss := loss.detach().clone())
+        loss /= world
+    return loss.detach(), grads
+
+
+def _worker(rank, world, records, out, port):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    loss, grads = _loss_and_grads(records, rank, world)
+    if rank == 0:
+        torch.save({"loss": loss, "grads": grads}, out)
+    dist.destroy_process_group()
+
+
+def test_two_ranks_match_one_rank_with_hard_negatives(tmp_path):
+    records = SceneTriplets(n=GLOBAL_BATCH, seed=5).load()
+    single_loss, single_grads = _loss_and_grads(records)
+    out = tmp_path / "ddp.pt"
+    mp.spawn(_worker, args=(2, records, str(out), 29500 + os.getpid() % 1000), nprocs=2, join=True)
+    ddp = torch.load(out)
+    assert torch.allclose(ddp["loss"], single_loss, atol=1e-5)
+    assert single_grads.keys() == ddp["grads"].keys()
+    for name, grad in single_grads.items():
+        assert grad.abs().sum() > 0, name
+        assert torch.allclose(ddp["grads"][name], grad, atol=1e-5, rtol=1e-4), name
+
+
+def test_wrong_labels_would_be_caught():
+    """Sanity check of the test's power: mislabelled candidates change the loss."""
+    a = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    p, n = a + 0.01, torch.randn(4, 8)
+    good = InfoNCE(temperature=0.05)(a, p, n)
+    shuffled = InfoNCE(temperature=0.05)(a, torch.roll(p, 1, 0), n)
+    assert shuffled > good + 1.0
+
+
+@pytest.mark.slow
+def test_lightning_ddp_cpu_run(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    proc = subprocess.run([sys.executable, "-m", "lco.train", "trainer=ddp_cpu", "model=tiny_text", "debug=limit",
+                           "data.source.n=256", "data.batch_size=8", "logger=csv", f"paths.log_dir={tmp_path}"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert list(tmp_path.glob("train/runs/*/adapter/adapter_model.safetensors"))

@@ -1,0 +1,67 @@
+"""A short run learns, changes only LoRA weights of the decoder, and writes an adapter usable without lco."""
+
+import json
+
+import torch
+from peft import PeftModel
+from transformers import AutoTokenizer, Qwen2_5OmniThinkerForConditionalGeneration
+
+from lco.models.backbone import load_backbone
+from lco.models.tiny import materialize
+from lco.train import run
+from tests.conftest import compose_train
+
+
+def test_short_run_learns_and_touches_only_decoder_lora(tmp_path):
+    base = load_backbone("qwen2_5_omni", "lco-tiny/tiny_omni").model.state_dict()
+    cfg = compose_train(tmp_path, ["data.source.n=640", "data.val_size=64", "data.batch_size=16", "trainer.max_epochs=1",
+                                   "optim.scheduler.warmup_steps=5", "logger=none", "validate_before=true"])
+    from lco import train as train_mod
+
+    seen = {}
+    original = train_mod.ContrastiveModule
+
+    class Spy(original):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            seen["module"] = self
+
+    train_mod.ContrastiveModule = Spy
+    try:
+        metrics = run(cfg)
+    finally:
+        train_mod.ContrastiveModule = original
+    module = seen["module"]
+    losses = module.history["train/loss"]
+    assert len(losses) == 36
+    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5, losses
+    assert metrics["val/r1"] > 0.2
+
+    trainable = {n for n, p in module.named_parameters() if p.requires_grad}
+    assert trainable and all(".language_model.layers." in n and ".lora_" in n for n in trainable)
+    # every base weight (towers included) is bit-identical to the checkpoint it was loaded from
+    hf = module.embedder.model.get_base_model()
+    state = {k.replace(".base_layer", ""): v for k, v in hf.state_dict().items() if "lora_" not in k}
+    for key, value in base.items():
+        assert torch.equal(state[key], value), key
+    assert any(k.startswith("model.visual.") for k in base) and any(k.startswith("model.audio_tower.") for k in base)
+
+    # the adapter folder works with plain transformers + peft, giving the same embeddings
+    adapter = tmp_path / "adapter"
+    card = json.loads((adapter / "lco_embedding.json").read_text())
+    assert card["pooling"] == "last" and card["prompt_suffixes"]["text"].endswith("in one word:")
+    tok = AutoTokenizer.from_pretrained(adapter)
+    plain = PeftModel.from_pretrained(Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(
+        materialize("tiny_omni")), adapter).eval()
+    texts = ["A small red cube is at the left.", "There is a blue cone on the top side, and it is large."]
+    prompts = [tok.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": t + card["prompt_suffixes"]["text"]}]}],
+                                       tokenize=False, add_generation_prompt=True) for t in texts]
+    enc = tok(prompts, padding=True, padding_side="left", return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        ref = torch.nn.functional.normalize(plain.get_base_model().model(**enc).last_hidden_state[:, -1], dim=-1)
+    module.embedder.eval()
+    ours = module.embedder.encode(texts)
+    assert torch.allclose(ours, ref, atol=1e-5)
+
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert set(ckpt["state_dict"]) <= {f"embedder.{n.split('embedder.', 1)[1]}" for n in trainable} | {"loss_fn.log_scale"}
