@@ -43,7 +43,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
                                scheduler=OmegaConf.to_container(cfg.optim.scheduler),
                                gradient_checkpointing=cfg.gradient_checkpointing)
     datamodule.attach(embedder.encoder)
-    loggers = _instantiate_group(cfg.get("logger"))
+    loggers = [instantiate(cfg.logger)] if cfg.get("logger") else []
     callbacks = _instantiate_group(cfg.get("callbacks"))
     if not loggers:  # logger=none: an LR monitor has nowhere to write (Lightning would refuse to start)
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]

@@ -37,7 +37,7 @@ def test_every_experiment_smoke_runs(tmp_path, experiment):
 def test_unknown_key_fails_before_loading_with_a_hint(tmp_path, monkeypatch):
     import lco.models.backbone as backbone
 
-    monkeypatch.setattr(backbone, "load_backbone", lambda **_: pytest.fail("model loaded"))
+    monkeypatch.setattr(backbone, "resolve_path", lambda *a, **k: pytest.fail("model loading started"))
     cfg = compose_train(tmp_path, ["+model.pth=/models/x", "+loss.temprature=0.1"])
     with pytest.raises(ConfigError) as err:
         run(cfg)

@@ -75,5 +75,19 @@ def test_datamodule_split_is_seeded_and_disjoint():
     dm.load()
     assert len(dm.val_records) == 30 and len(dm.train_records) == 170
     too_small = TripletDataModule(SceneTriplets(n=10), val_size=2, batch_size=32)
-    with pytest.raises(ValueError, match="data.batch_size=32"):
+    with pytest.raises(ValueError, match="global batch of 32 x 1 devices"):
         too_small.load()
+
+
+def test_global_batches_do_not_depend_on_world_size():
+    from lco.data.sampler import GlobalBatchSampler
+
+    one = GlobalBatchSampler(50, 8, world_size=1, seed=3)
+    two = [GlobalBatchSampler(50, 4, world_size=2, rank=r, seed=3) for r in range(2)]
+    for epoch in (0, 1):
+        for s in (one, *two):
+            s.set_epoch(epoch)
+        merged = [a + b for a, b in zip(*two)]
+        assert list(one) == merged and len(one) == 6  # 50 // 8, the incomplete batch dropped
+    assert list(one) != [list(range(i * 8, i * 8 + 8)) for i in range(6)]
+    assert list(GlobalBatchSampler(16, 8, shuffle=False)) == [list(range(8)), list(range(8, 16))]

@@ -4,10 +4,10 @@ import os
 import subprocess
 import sys
 
-import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from safetensors.torch import load_file
 
 from lco.data.synthetic import SceneTriplets
 from lco.losses import InfoNCE
@@ -19,8 +19,8 @@ GLOBAL_BATCH = 8
 
 
 def _loss_and_grads(records, rank=0, world=1):
-    torch.manual_seed(0)
     embedder = Embedder(load_backbone("qwen2", "lco-tiny/tiny_text"))
+    torch.manual_seed(0)
     LoRA(r=4, alpha=8, dropout=0.0).apply(embedder)
     for name, p in embedder.named_parameters():  # LoRA B starts at zero: give it values so A gets gradients too
         if "lora_B" in name:
@@ -73,11 +73,27 @@ def test_wrong_labels_would_be_caught():
     assert shuffled > good + 1.0
 
 
-@pytest.mark.slow
-def test_lightning_ddp_cpu_run(tmp_path):
+def _train_one_step(tmp_path, trainer: str, batch_size: int) -> dict:
+    """One SGD step (lr 1, no dropout) through `python -m lco.train`; returns the adapter tensors."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
-    proc = subprocess.run([sys.executable, "-m", "lco.train", "trainer=ddp_cpu", "model=tiny_text", "debug=limit",
-                           "data.source.n=256", "data.batch_size=8", "logger=csv", f"paths.log_dir={tmp_path}"],
-                          capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert list(tmp_path.glob("train/runs/*/adapter/adapter_model.safetensors"))
+    proc = subprocess.run([
+        sys.executable, "-m", "lco.train", f"trainer={trainer}", "model=tiny_omni", "logger=csv",
+        "data.source.n=80", f"data.batch_size={batch_size}", "method.dropout=0.0",
+        "optim.optimizer._target_=torch.optim.SGD", "~optim.optimizer.betas", "optim.optimizer.lr=1.0",
+        "optim.scheduler.warmup_steps=0", "trainer.max_steps=1", "validate_before=false",
+        "trainer.limit_val_batches=0", f"paths.log_dir={tmp_path}"], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (adapter,) = tmp_path.glob("train/runs/*/adapter/adapter_model.safetensors")
+    return load_file(str(adapter))
+
+
+def test_lightning_ddp_cpu_step_equals_single_process_step(tmp_path):
+    """The whole `trainer=ddp_cpu` path on the Omni twin (towers unused by text, frozen): after one step the
+    LoRA weights equal those of one process fed the same global batch of 8 triplets (4 per rank)."""
+    single = _train_one_step(tmp_path / "one", "cpu", 8)
+    ddp = _train_one_step(tmp_path / "two", "ddp_cpu", 4)
+    assert single.keys() == ddp.keys() and any("lora_B" in k for k in single)
+    moved = [k for k in single if "lora_B" in k and single[k].abs().sum() > 0]
+    assert len(moved) == len([k for k in single if "lora_B" in k]), "every LoRA B must have been updated"
+    for key, value in single.items():
+        assert torch.allclose(ddp[key], value, atol=1e-5, rtol=1e-4), key

@@ -26,3 +26,14 @@ def test_tiny_folder_is_a_plain_hf_folder(tmp_path):
     assert materialize("tiny_vl") == path  # cached, deterministic name
     tok = AutoTokenizer.from_pretrained(path)
     assert tok.image_token == "<|image_pad|>" and tok.chat_template
+
+
+def test_materialize_leaves_the_global_rng_alone(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setenv("LCO_CACHE", str(tmp_path))
+    torch.manual_seed(1)
+    expected = torch.rand(3)
+    torch.manual_seed(1)
+    materialize("tiny_text")  # written now (empty cache)
+    assert torch.equal(torch.rand(3), expected)

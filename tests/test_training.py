@@ -65,3 +65,40 @@ def test_short_run_learns_and_touches_only_decoder_lora(tmp_path):
 
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
     assert set(ckpt["state_dict"]) <= {f"embedder.{n.split('embedder.', 1)[1]}" for n in trainable} | {"loss_fn.log_scale"}
+
+
+def test_nonreentrant_checkpointing_gives_the_same_gradients(tiny_backbone):
+    from lco.losses import InfoNCE
+    from lco.methods.lora import LoRA
+    from lco.models.embedder import Embedder
+
+    grads = []
+    for checkpointing in (False, True):
+        embedder = Embedder(tiny_backbone("tiny_text"))
+        torch.manual_seed(0)
+        LoRA(r=4, alpha=8, dropout=0.0).apply(embedder)
+        for name, p in embedder.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.1, generator=torch.Generator().manual_seed(len(name)))
+        embedder.train()
+        if checkpointing:
+            embedder.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            assert embedder.headless.gradient_checkpointing
+        items = [{"text": f"a {c} cube"} for c in ("red", "green", "blue", "black")]
+        a, p = embedder(embedder.encoder(items)), embedder(embedder.encoder(items[::-1]))
+        InfoNCE()(a, p).backward()
+        grads.append({n: q.grad for n, q in embedder.named_parameters() if q.requires_grad})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6), name
+
+
+def test_wandb_offline_writes_a_local_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    cfg = compose_train(tmp_path, ["logger=wandb", "logger.mode=offline", "model=tiny_text", "debug=limit",
+                                   "data.source.n=128", "data.batch_size=8", "validate_before=false"])
+    metrics = run(cfg)
+    runs = list(tmp_path.rglob("offline-run-*"))
+    assert runs and metrics["train/loss"] > 0
+    assert list(runs[0].rglob("*.wandb"))

@@ -113,9 +113,10 @@ def materialize(name: str, seed: int = 0) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}-"))
     try:
-        torch.manual_seed(seed)
         cls = getattr(transformers, "Qwen2ForCausalLM" if family.name == "qwen2" else family.model_class)
-        cls(build_config(name)).save_pretrained(tmp)
+        with torch.random.fork_rng(devices=[]):  # leave the caller's RNG stream as if the cache had existed
+            torch.manual_seed(seed)
+            cls(build_config(name)).save_pretrained(tmp)
         build_processor(name).save_pretrained(tmp)
         try:
             os.rename(tmp, target)
