@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor
 
-from lco.config import ConfigError, check_config
+from lco.config import ConfigError, check_config, check_modalities
 from lco.data.records import RecordError
 from lco.models.backbone import BackboneUnavailable
 from lco.module import ContrastiveModule
@@ -36,6 +36,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     datamodule.load()  # bad data fails here, before the model loads
+    check_modalities(datamodule.modalities(), cfg.model.family, cfg.model.path)
     backbone = instantiate(cfg.model)
     embedder = instantiate(cfg.embed)(backbone)
     module = ContrastiveModule(embedder, method=instantiate(cfg.method), loss=instantiate(cfg.loss),

@@ -3,6 +3,7 @@
 import json
 
 import pandas as pd
+from PIL import Image as SceneImage
 import pytest
 
 from lco.data.datamodule import TripletDataModule
@@ -11,6 +12,10 @@ from lco.data.sources import TableSource
 from lco.data.synthetic import SceneTriplets
 
 EXPECTED = {"anchor": {"text": "a"}, "positive": {"text": "b"}, "negatives": [{"text": "c"}]}
+
+
+def _strip(record):
+    return {k: v for k, v in record.items() if k != "origin"}
 
 
 def _jsonl(path, rows):
@@ -25,17 +30,22 @@ def test_flat_simcse_and_reference_layouts(tmp_path):
     parquet = tmp_path / "t.parquet"
     pd.DataFrame([{"anchor": "a", "positive": "b", "negative": "c"}]).to_parquet(parquet)
     for path in (flat, str(simcse), str(parquet)):
-        assert TableSource("t", path=path).load() == [EXPECTED]
+        assert [_strip(r) for r in TableSource("t", path=path).load()] == [EXPECTED]
+    (tmp_path / "img").mkdir()
+    SceneImage.new("RGB", (8, 8)).save(tmp_path / "img" / "1.png")
     ref = _jsonl(tmp_path / "ref.jsonl", [{"anchor": {"text": "a", "image_path": ""},
                                            "positive": {"text": "", "image_path": "img/1.png"},
                                            "negative": {"text": "c", "image_path": ""}}])
     record = TableSource("t", path=ref).load()[0]
+    assert record["origin"] == f"{ref}, line 1"
     assert record["anchor"] == {"text": "a"} and record["positive"]["image"] == str(tmp_path / "img/1.png")
 
 
 def test_pairs_without_negatives(tmp_path):
     path = _jsonl(tmp_path / "p.jsonl", [{"anchor": "a", "positive": "b"}])
     assert TableSource("t", path=path).load()[0]["negatives"] == []
+    many = _jsonl(tmp_path / "m.jsonl", [{"anchor": "a", "positive": "b", "negatives": ["c", "d"]}])
+    assert [n["text"] for n in TableSource("t", path=many).load()[0]["negatives"]] == ["c", "d"]
 
 
 @pytest.mark.parametrize("lines,message", [
@@ -57,11 +67,11 @@ def test_bad_rows_name_file_and_line(tmp_path, lines, message):
 
 
 def test_missing_file_and_column_mapping(tmp_path):
-    with pytest.raises(FileNotFoundError, match="data.source.path"):
+    with pytest.raises(FileNotFoundError, match="data.sources.t.path"):
         TableSource("t", path=str(tmp_path / "nope.jsonl")).load()
     path = _jsonl(tmp_path / "q.jsonl", [{"q": "a", "d": "b", "n": "c"}])
     mapped = TableSource("t", path=path, columns={"anchor": "q", "positive": "d", "negative": "n"}).load()
-    assert mapped == [EXPECTED]
+    assert [_strip(r) for r in mapped] == [EXPECTED]
 
 
 def test_scenes_are_deterministic_and_negatives_differ_in_one_attribute():
@@ -71,23 +81,11 @@ def test_scenes_are_deterministic_and_negatives_differ_in_one_attribute():
 
 
 def test_datamodule_split_is_seeded_and_disjoint():
-    dm = TripletDataModule(SceneTriplets(n=200, seed=0), val_size=30, batch_size=8, seed=1)
+    dm = TripletDataModule({"scenes": SceneTriplets(n=200, seed=0)}, val_size=30, batch_size=8, seed=1)
     dm.load()
-    assert len(dm.val_records) == 30 and len(dm.train_records) == 170
-    too_small = TripletDataModule(SceneTriplets(n=10), val_size=2, batch_size=32)
-    with pytest.raises(ValueError, match="global batch of 32 x 1 devices"):
+    assert len(dm.val_records) == 30 and len(dm.records["scenes"]) == 170
+    texts = {r["anchor"]["text"] + r["positive"]["text"] for r in dm.records["scenes"]}
+    assert not any(r["anchor"]["text"] + r["positive"]["text"] in texts for r in dm.val_records)
+    too_small = TripletDataModule({"scenes": SceneTriplets(n=10)}, val_size=2, batch_size=32)
+    with pytest.raises(RecordError, match="fewer than one batch"):
         too_small.load()
-
-
-def test_global_batches_do_not_depend_on_world_size():
-    from lco.data.sampler import GlobalBatchSampler
-
-    one = GlobalBatchSampler(50, 8, world_size=1, seed=3)
-    two = [GlobalBatchSampler(50, 4, world_size=2, rank=r, seed=3) for r in range(2)]
-    for epoch in (0, 1):
-        for s in (one, *two):
-            s.set_epoch(epoch)
-        merged = [a + b for a, b in zip(*two)]
-        assert list(one) == merged and len(one) == 6  # 50 // 8, the incomplete batch dropped
-    assert list(one) != [list(range(i * 8, i * 8 + 8)) for i in range(6)]
-    assert list(GlobalBatchSampler(16, 8, shuffle=False)) == [list(range(8)), list(range(8, 16))]

@@ -78,7 +78,7 @@ def _train_one_step(tmp_path, trainer: str, batch_size: int) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
     proc = subprocess.run([
         sys.executable, "-m", "lco.train", f"trainer={trainer}", "model=tiny_omni", "logger=csv",
-        "data.source.n=80", f"data.batch_size={batch_size}", "method.dropout=0.0",
+        "data.sources.scenes.n=80", f"data.batch_size={batch_size}", "method.dropout=0.0",
         "optim.optimizer._target_=torch.optim.SGD", "~optim.optimizer.betas", "optim.optimizer.lr=1.0",
         "optim.scheduler.warmup_steps=0", "trainer.max_steps=1", "validate_before=false",
         "trainer.limit_val_batches=0", f"paths.log_dir={tmp_path}"], capture_output=True, text=True, env=env, timeout=300)

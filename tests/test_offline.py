@@ -29,7 +29,7 @@ def test_local_path_without_config_is_named(tmp_path):
 def test_cli_prints_one_message_and_no_traceback(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}
     proc = subprocess.run([sys.executable, "-m", "lco.train", "model=qwen_omni", f"paths.log_dir={tmp_path}",
-                           "data.source.n=64", "logger=none"], capture_output=True, text=True, env=env, timeout=120)
+                           "data.sources.scenes.n=64", "logger=none"], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2
     assert "lco: error: model 'Qwen/Qwen2.5-Omni-3B'" in proc.stderr and "model.path" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -38,5 +38,5 @@ def test_cli_prints_one_message_and_no_traceback(tmp_path):
 def test_hub_dataset_offline_names_data_path(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path))
     source = TableSource("allnli", hub_id="sentence-transformers/all-nli", hub_config="triplet")
-    with pytest.raises(RecordError, match="data.source.path"):
+    with pytest.raises(RecordError, match="data.sources.allnli.path"):
         source.load()

@@ -1,8 +1,11 @@
 """Records -> chat prompts -> processor tensors. Runs inside DataLoader workers.
 
-``ItemEncoder`` turns a list of items into one left-padded processor batch (``input_ids`` [N, T],
-``attention_mask`` [N, T], plus pixel/audio tensors where items carry media). ``TripletCollator`` applies it
-to the anchor, positive and negative columns of a list of triplet records.
+``ItemEncoder`` turns a list of items into one left-padded processor batch: ``input_ids`` [N, T],
+``attention_mask`` [N, T], plus ``pixel_values``/``image_grid_thw`` (images), ``pixel_values_videos``/
+``video_grid_thw`` (videos), ``input_features``/``feature_attention_mask`` (audio) where items carry media.
+Media are loaded here (see ``media.py``): images fitted in ``image_max_size``, audio resampled to the
+feature extractor's rate and cut to ``audio_max_seconds``, videos sampled to ``video_max_frames`` frames.
+``TripletCollator`` applies it to the anchor, positive and negative columns of a list of records.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from lco.data.media import MediaError, load_audio, load_image, load_video
+from lco.data.records import RecordError
 from lco.prompts import Prompter
 
 
@@ -19,6 +24,9 @@ class ItemEncoder:
     processor: object
     prompter: Prompter
     max_text_tokens: int = 650
+    image_max_size: int = 700
+    audio_max_seconds: float = 30.0
+    video_max_frames: int = 16
 
     @property
     def tokenizer(self):
@@ -31,16 +39,28 @@ class ItemEncoder:
             return text
         return self.tokenizer.decode(ids[: self.max_text_tokens])
 
+    def _media(self, items: list[dict]) -> dict:
+        media: dict[str, list] = {"images": [], "videos": [], "audio": []}
+        for item in items:  # placeholder order = item order, image/video/audio within an item
+            if item.get("image") is not None:
+                media["images"].append(load_image(item["image"], self.image_max_size))
+            if item.get("video") is not None:
+                media["videos"].append(load_video(item["video"], self.video_max_frames, self.image_max_size))
+            if item.get("audio") is not None:
+                rate = self.processor.feature_extractor.sampling_rate
+                media["audio"].append(load_audio(item["audio"], rate, self.audio_max_seconds))
+        return {k: v for k, v in media.items() if v}
+
     def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
         items = [{**item, "text": self.truncate(item["text"])} if item.get("text") else item for item in items]
         prompts = [self.prompter.render(self.processor, item) for item in items]
         kwargs = dict(padding=True, padding_side="left", return_tensors="pt")
         if self.processor is self.tokenizer:
-            encoded = self.tokenizer(prompts, add_special_tokens=False, **kwargs)
-        else:
-            images = [item["image"] for item in items if item.get("image")]
-            encoded = self.processor(text=prompts, images=images or None, add_special_tokens=False, **kwargs)
-        return dict(encoded)
+            if any(item.get(m) is not None for item in items for m in ("image", "video", "audio")):
+                raise RecordError("a text-only model was given image/audio/video items; use a multimodal model.")
+            return dict(self.tokenizer(prompts, add_special_tokens=False, **kwargs))
+        encoded = self.processor(text=prompts, add_special_tokens=False, **self._media(items), **kwargs)
+        return {k: v for k, v in encoded.items() if isinstance(v, torch.Tensor)}
 
 
 @dataclass
@@ -56,12 +76,16 @@ class TripletCollator:
     def __call__(self, records: list[dict]) -> dict:
         counts = {len(r["negatives"]) for r in records}
         if len(counts) != 1:
-            raise ValueError(f"every record in a batch needs the same number of negatives, got counts {sorted(counts)}")
+            raise RecordError(f"every record in a batch needs the same number of negatives, got counts "
+                              f"{sorted(counts)} (records: {', '.join(r.get('origin', '?') for r in records)}).")
         k = counts.pop()
-        negatives = [neg for r in records for neg in r["negatives"]]
-        return {
-            "anchor": self.encoder([r["anchor"] for r in records]),
-            "positive": self.encoder([r["positive"] for r in records]),
-            "negative": self.encoder(negatives) if k else None,
-            "num_negatives": k,
-        }
+        try:
+            return {
+                "anchor": self.encoder([r["anchor"] for r in records]),
+                "positive": self.encoder([r["positive"] for r in records]),
+                "negative": self.encoder([neg for r in records for neg in r["negatives"]]) if k else None,
+                "num_negatives": k,
+            }
+        except MediaError as err:
+            raise RecordError(f"{err} (in one of: {', '.join(r.get('origin', '?') for r in records)}). The file "
+                              "passed the read-time check but failed to decode; fix or remove it.") from None

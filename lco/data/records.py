@@ -1,84 +1,147 @@
-"""The triplet record schema and its validation.
+"""The triplet record schema, its validation, and what happens to bad rows.
 
-A record is ``{"anchor": item, "positive": item, "negatives": [item, ...]}``; an item is a dict with any of
-``text`` (str), ``image`` (path). Rows in any of the accepted layouts are normalised to it:
+A record is ``{"anchor": item, "positive": item, "negatives": [item, ...], "origin": "file, line N"}``;
+an item is a dict with any of ``text`` (str), ``image``, ``audio``, ``video`` (a path resolved against the
+data file's folder, a URL, bytes, or a ``{"bytes", "path"}`` dict). Rows in any accepted layout normalise to it:
 
-- flat columns ``anchor`` / ``positive`` / ``negative`` (sentence-transformers all-nli), strings;
+- flat columns ``anchor`` / ``positive`` / ``negative`` (or a ``negatives`` list), strings or items;
 - SimCSE NLI columns ``sent0`` / ``sent1`` / ``hard_neg``;
-- the reference JSONL: nested ``{"text": ..., "image_path": ...}`` items, empty strings where absent.
+- the reference JSONL: nested ``{"text", "image_path"}`` items (also ``audio_path``, ``video_path``), with
+  empty strings where absent.
 
-Every problem raises ``RecordError`` naming the source, the row (line for JSONL) and what to fix.
+Every problem raises ``RecordError`` naming the source, the row (line for JSONL) and what to fix;
+``ErrorPolicy`` turns that into raise (default) or skip-and-count.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
-LAYOUTS = {
-    "anchor/positive/negative": ("anchor", "positive", "negative"),
-    "sent0/sent1/hard_neg": ("sent0", "sent1", "hard_neg"),
-}
+from lco.data.media import MediaError, check_media
+
+MEDIA = ("image", "audio", "video")
+LAYOUTS = (("anchor", "positive", "negative"), ("anchor", "positive", "negatives"), ("sent0", "sent1", "hard_neg"))
+log = logging.getLogger(__name__)
 
 
 class RecordError(ValueError):
     """A data row that cannot be used as a training triplet."""
 
 
-def _where(source: str, row: int, line_based: bool) -> str:
-    return f"{source}, {'line' if line_based else 'row'} {row + 1 if line_based else row}"
-
-
 def detect_layout(columns, source: str) -> tuple[str, str, str | None]:
     """The (anchor, positive, negative-or-None) column names of a table; raises if none of the layouts fits."""
     columns = set(columns)
-    for anchor, positive, negative in LAYOUTS.values():
+    for anchor, positive, negative in LAYOUTS:
+        if {anchor, positive, negative} <= columns:
+            return anchor, positive, negative
+    for anchor, positive, _ in LAYOUTS:
         if {anchor, positive} <= columns:
-            return anchor, positive, negative if negative in columns else None
+            return anchor, positive, None
     raise RecordError(
-        f"{source}: columns {sorted(columns)} match no known layout. Use anchor/positive[/negative] "
+        f"{source}: columns {sorted(columns)} match no known layout. Use anchor/positive[/negative or negatives] "
         "(sentence-transformers, or the reference JSONL with {text, image_path} items) or sent0/sent1[/hard_neg] "
-        "(SimCSE NLI); rename columns or set data.columns to map yours."
+        "(SimCSE NLI); rename columns or map yours with data.sources.<name>.columns."
     )
 
 
-def to_item(value, field: str, where: str, root: Path | None) -> dict:
-    """One cell -> item dict. Strings are text; dicts follow the reference ``{text, image_path}`` schema."""
+def _media_value(value: dict, kind: str):
+    return value.get(f"{kind}_path") or value.get(kind) or None
+
+
+def to_item(value, field: str, where: str, root: Path | None, check: str = "decode") -> dict:
+    """One cell -> item dict. Strings are text; dicts follow the reference ``{text, <medium>_path}`` schema."""
     if isinstance(value, str):
         item = {"text": value}
     elif isinstance(value, dict):
-        unknown = set(value) - {"text", "image_path", "image"}
+        allowed = {"text"} | set(MEDIA) | {f"{m}_path" for m in MEDIA}
+        unknown = set(value) - allowed
         if unknown:
-            raise RecordError(f"{where}: field {field!r} has unknown keys {sorted(unknown)}; "
-                              "an item has 'text' and/or 'image_path'.")
-        item = {"text": value.get("text") or ""}
-        image = value.get("image_path") or value.get("image") or ""
-        if not isinstance(item["text"], str) or not isinstance(image, str):
-            raise RecordError(f"{where}: field {field!r} needs string 'text' and 'image_path' values.")
-        if image:
-            item["image"] = str(root / image) if root is not None and not Path(image).is_absolute() else image
+            raise RecordError(f"{where}: field {field!r} has unknown keys {sorted(unknown)}; an item has "
+                              f"{', '.join(sorted(allowed))}.")
+        text = value.get("text") or ""
+        if not isinstance(text, str):
+            raise RecordError(f"{where}: field {field!r}.text is {type(text).__name__}, expected a string.")
+        item = {"text": text}
+        for kind in MEDIA:
+            media = _media_value(value, kind)
+            if media is None:
+                continue
+            if isinstance(media, str) and root is not None and not media.startswith(("http://", "https://")) \
+                    and not Path(media).is_absolute():
+                media = str(root / media)
+            elif isinstance(media, list):
+                media = [str(root / m) if root is not None and not Path(m).is_absolute() else m for m in media]
+            try:
+                check_media(kind, media, check)
+            except MediaError as err:
+                raise RecordError(f"{where}: field {field!r}: {err}. Fix the path or file, or set "
+                                  "data.on_error=skip to drop such rows.") from None
+            item[kind] = media
     else:
         raise RecordError(f"{where}: field {field!r} is {type(value).__name__}, expected a string or an "
-                          "object with 'text'/'image_path'.")
-    if not item["text"].strip() and not item.get("image"):
-        raise RecordError(f"{where}: field {field!r} is empty (no text and no image); fix or drop the row.")
+                          "object with 'text'/'image_path'/'audio_path'/'video_path'.")
+    if not item["text"].strip() and not any(k in item for k in MEDIA):
+        raise RecordError(f"{where}: field {field!r} is empty (no text and no media); fix or drop the row.")
+    if not item["text"].strip():
+        del item["text"]
     return item
 
 
-def to_record(row: dict, columns: tuple[str, str, str | None], source: str, index: int,
-              line_based: bool = False, root: Path | None = None) -> dict:
-    """Normalise one table row to a triplet record (see module docstring)."""
-    where = _where(source, index, line_based)
+def _absent(value) -> bool:
+    return value is None or value == "" or value == [] or (
+        isinstance(value, dict) and not any(v for v in value.values()))
+
+
+def to_record(row: dict, columns: tuple[str, str, str | None], where: str, root: Path | None = None,
+              check: str = "decode") -> dict:
+    """Normalise one table row to a triplet record (see module docstring). ``where``: "file, line N"."""
     anchor, positive, negative = columns
     for name in (anchor, positive):
         if row.get(name) is None:
             raise RecordError(f"{where}: missing field {name!r}; every row needs {anchor!r} and {positive!r}.")
-    record = {"anchor": to_item(row[anchor], anchor, where, root),
-              "positive": to_item(row[positive], positive, where, root), "negatives": []}
+    record = {"anchor": to_item(row[anchor], anchor, where, root, check),
+              "positive": to_item(row[positive], positive, where, root, check), "negatives": [], "origin": where}
     if negative is not None:
         value = row.get(negative)
-        if value is None or value == "" or value == {"text": "", "image_path": ""}:
-            raise RecordError(f"{where}: field {negative!r} is missing or empty while other rows have one; "
+        if _absent(value):
+            raise RecordError(f"{where}: field {negative!r} is missing or empty while this source has that column; "
                               "every row of a source needs the same number of negatives.")
         values = value if isinstance(value, list) else [value]
-        record["negatives"] = [to_item(v, negative, where, root) for v in values]
+        record["negatives"] = [to_item(v, negative, where, root, check) for v in values]
     return record
+
+
+class ErrorPolicy:
+    """``on_error="raise"`` re-raises the first ``RecordError``; ``"skip"`` counts and drops bad rows, keeps
+    the first messages, and ``finish()`` fails when more than ``max_skip_fraction`` of the rows were bad."""
+
+    def __init__(self, on_error: str = "raise", max_skip_fraction: float = 0.01, source: str = ""):
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"data.on_error={on_error!r}: use 'raise' or 'skip'.")
+        self.on_error, self.max_skip_fraction, self.source = on_error, max_skip_fraction, source
+        self.seen = self.skipped = 0
+        self.examples: list[str] = []
+
+    def convert(self, row: dict, columns, where: str, root: Path | None, check: str) -> dict | None:
+        self.seen += 1
+        try:
+            return to_record(row, columns, where, root, check)
+        except RecordError as err:
+            if self.on_error == "raise":
+                raise
+            self.skipped += 1
+            if len(self.examples) < 5:
+                self.examples.append(str(err))
+            return None
+
+    def finish(self) -> None:
+        if not self.skipped:
+            return
+        fraction = self.skipped / max(self.seen, 1)
+        summary = (f"{self.source}: skipped {self.skipped} of {self.seen} rows ({fraction:.2%}); first problems:\n  "
+                   + "\n  ".join(self.examples))
+        if fraction > self.max_skip_fraction:
+            raise RecordError(f"{summary}\nThat is more than data.max_skip_fraction={self.max_skip_fraction}; "
+                              "fix the data or raise the limit.")
+        log.warning(summary)

@@ -1,94 +1,134 @@
-"""Data sources: read a table (local file or hub dataset) and return validated triplet records.
+"""Data sources: read a table (local file or hub dataset) and produce validated triplet records.
 
-``TableSource.load()`` -> list of records (see ``records.py``). Local ``.jsonl``/``.json``, ``.parquet``
-and ``.csv`` files are read directly (JSONL errors name the line); a hub id goes through ``datasets``.
+``TableSource`` reads ``.jsonl``/``.json``, ``.parquet`` and ``.csv`` files (JSONL errors name the line)
+or a hub dataset through ``datasets``. ``streaming=True`` never holds the table in memory: records are
+produced one at a time by ``stream()``, each validated as it is read. ``load()`` returns a list.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
-from lco.data.records import RecordError, detect_layout, to_record
+from lco.data.records import ErrorPolicy, RecordError, detect_layout
 from lco.hub import hub_reachable
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 
 
-def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
-    rows = []
+def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict]]:
     with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle):
+        for lineno, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
+            where = f"{path}, line {lineno}"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
-                raise RecordError(f"{path}, line {lineno + 1}: not valid JSON ({err.msg} at column {err.colno}); "
+                raise RecordError(f"{where}: not valid JSON ({err.msg} at column {err.colno}); "
                                   "each line must be one JSON object.") from None
             if not isinstance(row, dict):
-                raise RecordError(f"{path}, line {lineno + 1}: expected a JSON object, got {type(row).__name__}.")
-            rows.append((lineno, row))
-    return rows
+                raise RecordError(f"{where}: expected a JSON object, got {type(row).__name__}.")
+            yield where, row
 
 
-def _read_table(path: Path) -> list[tuple[int, dict]]:
-    import pandas as pd
+def _table_rows(path: Path) -> Iterator[tuple[str, dict]]:
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
 
-    frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, keep_default_na=False)
-    return list(enumerate(frame.to_dict(orient="records")))
+        index = 0
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
+            for row in batch.to_pylist():
+                yield f"{path}, row {index}", row
+                index += 1
+    else:
+        import pandas as pd
+
+        index = 0
+        for chunk in pd.read_csv(path, keep_default_na=False, chunksize=4096):
+            for row in chunk.to_dict(orient="records"):
+                yield f"{path}, row {index}", row
+                index += 1
 
 
 class TableSource:
-    """A triplet table. ``path`` (local file) wins over ``hub_id``; ``columns`` maps
-    ``{anchor, positive, negative}`` to other column names; ``limit`` keeps the first N rows."""
+    """A triplet table. ``path`` (local file) wins over ``hub_id``. ``columns`` maps ``{anchor, positive,
+    negative}`` to other column names; ``limit`` keeps the first N rows; ``check_media`` is ``decode`` (open
+    every media file's header while reading), ``exists`` or ``none``."""
 
-    def __init__(self, name: str, path: str | None = None, hub_id: str | None = None, hub_config: str | None = None,
-                 split: str = "train", columns: dict | None = None, limit: int | None = None):
-        if path is None and hub_id is None:
-            raise ValueError(f"data source {name!r}: set data.source.path (a local file) or data.source.hub_id.")
+    def __init__(self, name: str = "table", path: str | None = None, hub_id: str | None = None, hub_config: str | None = None,
+                 split: str = "train", columns: dict | None = None, limit: int | None = None,
+                 streaming: bool = False, check_media: str = "decode", num_rows: int | None = None):
         self.name, self.path, self.hub_id, self.hub_config, self.split = name, path, hub_id, hub_config, split
         self.columns = dict(columns) if columns else None
-        self.limit = limit
+        self.limit, self.streaming, self.check_media, self._num_rows = limit, streaming, check_media, num_rows
 
     def describe(self) -> str:
         return self.path or f"{self.hub_id}[{self.hub_config or 'default'}:{self.split}]"
 
-    def _rows(self) -> tuple[list[tuple[int, dict]], bool, Path | None]:
-        if self.path is not None:
-            path = Path(self.path).expanduser()
-            if not path.is_file():
-                raise FileNotFoundError(f"data.source.path={self.path!r} does not exist or is not a file.")
-            if path.suffix not in LOCAL_SUFFIXES:
-                raise RecordError(f"data.source.path={self.path!r}: unsupported file type {path.suffix!r}; "
-                                  f"use one of {', '.join(LOCAL_SUFFIXES)}.")
-            if path.suffix in (".jsonl", ".json"):
-                return _read_jsonl(path), True, path.parent
-            return _read_table(path), False, path.parent
-        return self._hub_rows(), False, None
+    def _local_path(self) -> Path:
+        path = Path(self.path).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"data.sources.{self.name}.path={self.path!r} does not exist or is not a file.")
+        if path.suffix not in LOCAL_SUFFIXES:
+            raise RecordError(f"data.sources.{self.name}.path={self.path!r}: unsupported file type "
+                              f"{path.suffix!r}; use one of {', '.join(LOCAL_SUFFIXES)}.")
+        return path
 
-    def _hub_rows(self) -> list[tuple[int, dict]]:
+    def _hub_dataset(self):
         import datasets
 
         try:
-            data = datasets.load_dataset(self.hub_id, self.hub_config, split=self.split,
+            return datasets.load_dataset(self.hub_id, self.hub_config, split=self.split, streaming=self.streaming,
                                          download_mode=None if hub_reachable() else "reuse_cache_if_exists")
         except Exception as err:  # noqa: BLE001 - re-raised with the config key to change
             raise RecordError(
-                f"data source {self.name!r}: could not load hub dataset {self.hub_id!r} "
-                f"(config {self.hub_config!r}, split {self.split!r}): {type(err).__name__}: {str(err)[:200]}. "
-                f"Offline, download it once elsewhere or set data.source.path=/path/to/file.jsonl|parquet|csv."
+                f"data source {self.name!r}: could not load hub dataset {self.hub_id!r} (config "
+                f"{self.hub_config!r}, split {self.split!r}): {type(err).__name__}: {str(err)[:200]}. Offline, "
+                f"download it once elsewhere or set data.sources.{self.name}.path=/path/to/file.jsonl|parquet|csv."
             ) from None
-        return list(enumerate(data.to_list() if self.limit is None else data.select(range(min(self.limit, len(data)))).to_list()))
 
-    def load(self) -> list[dict]:
-        rows, line_based, root = self._rows()
-        if self.limit is not None:
-            rows = rows[: self.limit]
-        if not rows:
+    def _rows(self) -> tuple[Iterator[tuple[str, dict]], Path | None]:
+        if self.path is None and self.hub_id is None:
+            raise RecordError(f"data source {self.name!r} has no data: set data.sources.{self.name}.path=/path/to/"
+                              f"file (.jsonl/.json/.parquet/.csv) or data.sources.{self.name}.hub_id=<dataset id>.")
+        if self.path is not None:
+            path = self._local_path()
+            return (_jsonl_rows(path) if path.suffix in (".jsonl", ".json") else _table_rows(path)), path.parent
+        data = self._hub_dataset()
+        return ((f"{self.describe()}, row {i}", row) for i, row in enumerate(data)), None
+
+    @property
+    def num_rows(self) -> int | None:
+        """Rows in the table when known without reading it (hub metadata or ``num_rows``), else None."""
+        if self._num_rows is not None or self.path is not None:
+            return self._num_rows if self.limit is None else min(self._num_rows or self.limit, self.limit)
+        info = self._hub_dataset().info.splits
+        rows = info[self.split].num_examples if info and self.split in info else None
+        return rows if self.limit is None or rows is None else min(rows, self.limit)
+
+    def stream(self, policy: ErrorPolicy | None = None) -> Iterator[dict]:
+        """Validated records one at a time, in table order."""
+        policy = policy or ErrorPolicy(source=self.describe())
+        rows, root = self._rows()
+        columns = None
+        for count, (where, row) in enumerate(rows):
+            if self.limit is not None and count >= self.limit:
+                break
+            if columns is None:
+                columns = self._columns(row)
+            record = policy.convert(row, columns, where, root, self.check_media)
+            if record is not None:
+                yield record
+        if columns is None:
             raise RecordError(f"data source {self.name!r} ({self.describe()}) has no rows.")
+        policy.finish()
+
+    def load(self, policy: ErrorPolicy | None = None) -> list[dict]:
+        return list(self.stream(policy))
+
+    def _columns(self, row: dict) -> tuple[str, str, str | None]:
         if self.columns:
-            columns = (self.columns["anchor"], self.columns["positive"], self.columns.get("negative"))
-        else:
-            columns = detect_layout(rows[0][1].keys(), self.describe())
-        return [to_record(row, columns, self.describe(), i, line_based, root) for i, row in rows]
+            return self.columns["anchor"], self.columns["positive"], self.columns.get("negative")
+        return detect_layout(row.keys(), self.describe())

@@ -2,47 +2,95 @@
 
 Each scene is one object with a colour, shape, size and position. The anchor and positive describe the same
 scene with two different caption templates (paraphrases); the hard negative describes a scene that differs in
-exactly one attribute, so a model must read every attribute to rank the positive first.
+exactly one attribute, so a model must read every attribute to rank the positive first. With
+``image_fraction > 0`` that share of anchors is a rendered 112x112 PNG of the scene instead of a caption.
 """
 
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
-COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "black", "white"]
+from PIL import Image, ImageDraw
+
+COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 210, 40),
+           "purple": (140, 60, 180), "orange": (240, 140, 30), "black": (20, 20, 20), "white": (250, 250, 250)}
 SHAPES = ["cube", "sphere", "cone", "cylinder"]
 SIZES = ["small", "large"]
-POSITIONS = ["left", "right", "top", "bottom", "centre"]
+POSITIONS = {"left": (0.25, 0.5), "right": (0.75, 0.5), "top": (0.5, 0.25), "bottom": (0.5, 0.75),
+             "centre": (0.5, 0.5)}
 TEMPLATES = [
     "A {size} {colour} {shape} is at the {position}.",
     "There is a {colour} {shape} on the {position} side, and it is {size}.",
     "The picture shows one {size} {shape}, coloured {colour}, placed {position}.",
     "{position} of the frame: a {colour}, {size} {shape}.",
 ]
-ATTRIBUTES = {"colour": COLOURS, "shape": SHAPES, "size": SIZES, "position": POSITIONS}
+ATTRIBUTES = {"colour": sorted(COLOURS), "shape": SHAPES, "size": SIZES, "position": sorted(POSITIONS)}
+
+
+def render_scene(scene: dict, size: int = 112) -> Image.Image:
+    """Draw ``scene`` (colour, shape, size, position) on a grey canvas of ``size`` x ``size`` pixels."""
+    image = Image.new("RGB", (size, size), (128, 128, 128))
+    draw = ImageDraw.Draw(image)
+    cx, cy = (int(v * size) for v in POSITIONS[scene["position"]])
+    r = int(size * (0.2 if scene["size"] == "large" else 0.1))
+    box = (cx - r, cy - r, cx + r, cy + r)
+    fill = COLOURS[scene["colour"]]
+    if scene["shape"] == "cube":
+        draw.rectangle(box, fill=fill)
+    elif scene["shape"] == "sphere":
+        draw.ellipse(box, fill=fill)
+    elif scene["shape"] == "cone":
+        draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
+    else:
+        draw.rectangle((cx - r // 2, cy - r, cx + r // 2, cy + r), fill=fill)
+    return image
 
 
 class SceneTriplets:
-    """``n`` triplet records drawn with ``seed``; ``load()`` returns them (the ``TableSource`` interface)."""
+    """``n`` triplet records drawn with ``seed``. Images (if any) are written once under ``image_dir``
+    (default: the lco cache). Same interface as ``TableSource`` (``load``, ``stream``, ``describe``)."""
 
-    def __init__(self, n: int = 2048, seed: int = 0, name: str = "scenes"):
-        self.n, self.seed, self.name = n, seed, name
+    def __init__(self, n: int = 2048, seed: int = 0, name: str = "scenes", image_fraction: float = 0.0,
+                 image_dir: str | None = None):
+        self.n, self.seed, self.name, self.image_fraction = n, seed, name, image_fraction
+        self.image_dir = image_dir
 
     def describe(self) -> str:
-        return f"{self.name}(n={self.n}, seed={self.seed})"
+        return f"{self.name}(n={self.n}, seed={self.seed}, image_fraction={self.image_fraction})"
 
-    def load(self) -> list[dict]:
-        rng = random.Random(self.seed)
-        records = []
-        for _ in range(self.n):
+    @property
+    def num_rows(self) -> int:
+        return self.n
+
+    def _image_path(self, scene: dict) -> str:
+        from lco.models.tiny import cache_root
+
+        folder = Path(self.image_dir) if self.image_dir else cache_root() / "scenes"
+        path = folder / ("{size}_{colour}_{shape}_{position}.png".format(**scene))
+        if not path.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{random.getrandbits(32)}.tmp.png")
+            render_scene(scene).save(tmp)
+            tmp.replace(path)
+        return str(path)
+
+    def stream(self, policy=None):
+        rng = random.Random(f"{self.seed}-{self.name}")  # sources of one mix draw different scenes
+        for index in range(self.n):
             scene = {k: rng.choice(v) for k, v in ATTRIBUTES.items()}
             changed = rng.choice(sorted(ATTRIBUTES))
             other = dict(scene, **{changed: rng.choice([v for v in ATTRIBUTES[changed] if v != scene[changed]])})
             t_anchor, t_pos = rng.sample(TEMPLATES, 2)
             t_neg = rng.choice(TEMPLATES)
-            records.append({
-                "anchor": {"text": t_anchor.format(**scene).capitalize()},
+            as_image = rng.random() < self.image_fraction
+            anchor = {"image": self._image_path(scene)} if as_image else {"text": t_anchor.format(**scene).capitalize()}
+            yield {
+                "anchor": anchor,
                 "positive": {"text": t_pos.format(**scene).capitalize()},
                 "negatives": [{"text": t_neg.format(**other).capitalize()}],
-            })
-        return records
+                "origin": f"{self.describe()}, row {index}",
+            }
+
+    def load(self, policy=None) -> list[dict]:
+        return list(self.stream(policy))

@@ -20,13 +20,15 @@ from lco.prompts import Prompter
 
 class Embedder(nn.Module):
     def __init__(self, backbone: Backbone, pooling: str = "last", normalize: bool = True,
-                 max_text_tokens: int = 650, prompter: Prompter | None = None):
+                 max_text_tokens: int = 650, prompter: Prompter | None = None, image_max_size: int = 700,
+                 audio_max_seconds: float = 30.0, video_max_frames: int = 16):
         super().__init__()
         self.model = backbone.model  # the transformers model; a method may wrap it (LoRA: a PeftModel)
         self.backbone = backbone
         self.pooling = pooling
         self.normalize = normalize
-        self.encoder = ItemEncoder(backbone.processor, prompter or Prompter(), max_text_tokens)
+        self.encoder = ItemEncoder(backbone.processor, prompter or Prompter(), max_text_tokens, image_max_size,
+                                   audio_max_seconds, video_max_frames)
 
     @property
     def family(self):

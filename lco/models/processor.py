@@ -3,7 +3,7 @@
 Real checkpoints load through ``AutoProcessor`` exactly as users expect. transformers 5 refuses to build the
 Qwen VL/Omni processors when torchvision is absent (their video processor needs it); lco then assembles the
 *same* processor class from the checkpoint's own tokenizer, PIL image processor and audio feature extractor,
-with a video slot that raises a clear error if videos are used. Text and image processing are identical.
+with ``FramesVideoProcessor`` (numpy/PIL) in the video slot. Text and image processing are identical.
 """
 
 from __future__ import annotations
@@ -12,14 +12,57 @@ from transformers import AutoProcessor, AutoTokenizer, processing_utils
 from transformers.video_processing_utils import VideoProcessorMixin
 
 
-class VideoNeedsTorchvision(VideoProcessorMixin):
-    """Stands in for the Qwen video processor when torchvision is not installed."""
+class FramesVideoProcessor(VideoProcessorMixin):
+    """Qwen2-VL video preprocessing on frame lists with PIL + numpy (no torchvision).
 
-    def preprocess(self, videos, **kwargs):
-        raise ImportError(
-            "video inputs need the Qwen video processor, which needs torchvision; install a torch/torchvision "
-            "pair that import together (see README, 'Installing') and rerun."
-        )
+    Input: a list of videos, each a list of RGB frames (PIL images or HxWx3 uint8 arrays, an even count).
+    Output: ``pixel_values_videos`` [sum(t*h*w), 3*2*14*14] float32 and ``video_grid_thw`` [n_videos, 3], with
+    frames resized to one size whose sides are multiples of 28 inside the ``min_pixels``/``max_pixels`` budget,
+    CLIP-normalised, and grouped in temporal pairs, as ``Qwen2VLVideoProcessor`` lays them out.
+    """
+
+    model_input_names = ["pixel_values_videos", "video_grid_thw"]
+
+    def __init__(self, min_pixels: int = 128 * 28 * 28, max_pixels: int = 768 * 28 * 28, patch_size: int = 14,
+                 temporal_patch_size: int = 2, merge_size: int = 2, **kwargs):
+        super().__init__(**kwargs)
+        self.min_pixels, self.max_pixels = min_pixels, max_pixels
+        self.patch_size, self.temporal_patch_size, self.merge_size = patch_size, temporal_patch_size, merge_size
+
+    def __call__(self, videos, **kwargs):
+        return self.preprocess(videos, **kwargs)
+
+    def to_dict(self) -> dict:
+        """Saved as the Qwen2-VL video processor config it mirrors, so saved folders load anywhere."""
+        return {"video_processor_type": "Qwen2VLVideoProcessor", "patch_size": self.patch_size,
+                "temporal_patch_size": self.temporal_patch_size, "merge_size": self.merge_size,
+                "size": {"shortest_edge": self.min_pixels, "longest_edge": self.max_pixels}}
+
+    def preprocess(self, videos, return_tensors=None, **kwargs):
+        import numpy as np
+        from PIL import Image
+        from transformers import BatchFeature
+        from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+        mean = np.array(OPENAI_CLIP_MEAN, dtype=np.float32)[:, None, None]
+        std = np.array(OPENAI_CLIP_STD, dtype=np.float32)[:, None, None]
+        patches, grids = [], []
+        p, m, tp = self.patch_size, self.merge_size, self.temporal_patch_size
+        for frames in videos:
+            frames = [f if isinstance(f, Image.Image) else Image.fromarray(np.asarray(f)) for f in frames]
+            frames = frames + frames[-1:] * (-len(frames) % tp)
+            height, width = smart_resize(frames[0].height, frames[0].width, factor=p * m,
+                                         min_pixels=self.min_pixels, max_pixels=self.max_pixels)
+            video = np.stack([
+                (np.asarray(f.convert("RGB").resize((width, height), Image.Resampling.BICUBIC), dtype=np.float32)
+                 .transpose(2, 0, 1) / 255.0 - mean) / std for f in frames])  # [T, C, H, W]
+            t, c, gh, gw = len(frames) // tp, 3, height // p, width // p
+            video = video.reshape(t, tp, c, gh // m, m, p, gw // m, m, p).transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)
+            patches.append(video.reshape(t * gh * gw, c * tp * p * p))
+            grids.append([t, gh, gw])
+        data = {"pixel_values_videos": np.concatenate(patches), "video_grid_thw": np.array(grids, dtype=np.int64)}
+        return BatchFeature(data=data, tensor_type=return_tensors)
 
 
 def _allow_video_mixin() -> None:
@@ -30,7 +73,7 @@ def _allow_video_mixin() -> None:
 
 
 def assemble_processor(processor_class: str, tokenizer, image_processor=None, feature_extractor=None,
-                       chat_template: str | None = None):
+                       chat_template: str | None = None, video_processor=None):
     """Build a Qwen VL/Omni processor from parts. ``processor_class`` names a transformers class."""
     import transformers
 
@@ -40,7 +83,7 @@ def assemble_processor(processor_class: str, tokenizer, image_processor=None, fe
         return tokenizer
     _allow_video_mixin()
     cls = getattr(transformers, processor_class)
-    parts = {"image_processor": image_processor, "tokenizer": tokenizer, "video_processor": VideoNeedsTorchvision()}
+    parts = {"image_processor": image_processor, "tokenizer": tokenizer, "video_processor": video_processor or FramesVideoProcessor()}
     if feature_extractor is not None:
         parts["feature_extractor"] = feature_extractor
     return cls(**parts, chat_template=chat_template or tokenizer.chat_template)
@@ -53,7 +96,7 @@ def load_processor(path: str, processor_class: str, feature_extractor_class: str
     try:
         return AutoProcessor.from_pretrained(path, **hub_kwargs)
     except (ImportError, ValueError) as err:
-        if "torchvision" not in str(err):
+        if "torchvision" not in str(err).lower():
             raise
     import transformers
 
@@ -62,4 +105,24 @@ def load_processor(path: str, processor_class: str, feature_extractor_class: str
     feature_extractor = None
     if feature_extractor_class:
         feature_extractor = getattr(transformers, feature_extractor_class).from_pretrained(path, **hub_kwargs)
-    return assemble_processor(processor_class, tokenizer, image_processor, feature_extractor)
+    return assemble_processor(processor_class, tokenizer, image_processor, feature_extractor,
+                              video_processor=FramesVideoProcessor(**_video_sizes(path, **hub_kwargs)))
+
+
+def _video_sizes(path: str, **hub_kwargs) -> dict:
+    """min/max pixels of the checkpoint's video processor config, if it has one."""
+    import json
+
+    from transformers.utils import cached_file
+
+    for name in ("video_preprocessor_config.json", "processor_config.json", "preprocessor_config.json"):
+        found = cached_file(path, name, _raise_exceptions_for_missing_entries=False, **hub_kwargs)
+        if not found:
+            continue
+        config = json.loads(open(found).read())
+        config = config.get("video_processor", config)
+        size = config.get("size") or {}
+        sizes = {"min_pixels": size.get("shortest_edge", config.get("min_pixels")),
+                 "max_pixels": size.get("longest_edge", config.get("max_pixels"))}
+        return {k: v for k, v in sizes.items() if v is not None}
+    return {}

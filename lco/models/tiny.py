@@ -36,7 +36,7 @@ TINY_SPECS: dict[str, tuple[str, str, dict]] = {
                       num_mel_bins=128, max_source_positions=1500, n_window=100),
     }),
 }
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2
 
 
 def cache_root() -> Path:
@@ -78,7 +78,7 @@ def build_processor(name: str):
     from transformers import Qwen2VLImageProcessorPil, WhisperFeatureExtractor
 
     from lco.models.families import get_family
-    from lco.models.processor import assemble_processor
+    from lco.models.processor import FramesVideoProcessor, assemble_processor
     from lco.models.tokenizer import build_qwen_tokenizer
 
     family_name, flavour, _ = TINY_SPECS[name]
@@ -89,8 +89,9 @@ def build_processor(name: str):
     # Small pixel budget: a 112x112 image becomes 16 patches -> 4 merged tokens.
     image_processor = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=224 * 224)
     feature_extractor = WhisperFeatureExtractor(feature_size=128) if family.feature_extractor_class else None
+    video_processor = FramesVideoProcessor(min_pixels=56 * 56, max_pixels=112 * 112)
     return assemble_processor(family.processor_class, tokenizer, image_processor, feature_extractor,
-                              chat_template=_chat_template(flavour))
+                              chat_template=_chat_template(flavour), video_processor=video_processor)
 
 
 def _fingerprint(name: str) -> str:
