@@ -123,9 +123,12 @@ class ErrorPolicy:
         self.seen = self.skipped = 0
         self.examples: list[str] = []
 
-    def convert(self, row: dict, columns, where: str, root: Path | None, check: str) -> dict | None:
+    def convert(self, row: dict | RecordError, columns, where: str, root: Path | None, check: str) -> dict | None:
+        """The record of ``row``, or None when it is bad and skipped. ``row`` may be a reader's error."""
         self.seen += 1
         try:
+            if isinstance(row, RecordError):
+                raise row
             return to_record(row, columns, where, root, check)
         except RecordError as err:
             if self.on_error == "raise":

@@ -17,7 +17,9 @@ from lco.hub import hub_reachable
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 
 
-def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict]]:
+def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict | RecordError]]:
+    """(where, row) per non-empty line; a line that is not a JSON object comes as a ``RecordError`` value
+    so that ``data.on_error`` decides."""
     with path.open(encoding="utf-8") as handle:
         for lineno, line in enumerate(handle, start=1):
             if not line.strip():
@@ -26,10 +28,10 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
-                raise RecordError(f"{where}: not valid JSON ({err.msg} at column {err.colno}); "
-                                  "each line must be one JSON object.") from None
-            if not isinstance(row, dict):
-                raise RecordError(f"{where}: expected a JSON object, got {type(row).__name__}.")
+                row = RecordError(f"{where}: not valid JSON ({err.msg} at column {err.colno}); "
+                                  "each line must be one JSON object.")
+            if not isinstance(row, (dict, RecordError)):
+                row = RecordError(f"{where}: expected a JSON object, got {type(row).__name__}.")
             yield where, row
 
 
@@ -116,13 +118,13 @@ class TableSource:
         for count, (where, row) in enumerate(rows):
             if self.limit is not None and count >= self.limit:
                 break
-            if columns is None:
+            if columns is None and isinstance(row, dict):
                 columns = self._columns(row)
             record = policy.convert(row, columns, where, root, self.check_media)
             if record is not None:
                 yield record
-        if columns is None:
-            raise RecordError(f"data source {self.name!r} ({self.describe()}) has no rows.")
+        if policy.seen == 0 or policy.seen == policy.skipped:
+            raise RecordError(f"data source {self.name!r} ({self.describe()}) has no usable rows.")
         policy.finish()
 
     def load(self, policy: ErrorPolicy | None = None) -> list[dict]:
