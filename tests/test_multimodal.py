@@ -90,11 +90,15 @@ def test_audio_is_resampled_and_truncated(media):
     ("corrupt image", "cannot decode image"),
     ("corrupt audio", "cannot decode audio"),
     ("empty frame folder", "has no frame images"),
+    ("corrupt video", "cannot decode video"),
+    ("missing video", "video file not found"),
 ])
 def test_bad_media_names_file_and_line(media, tmp_path, problem, message):
     root, files = media
     bad = {"missing image": {"image_path": "nope.png"}, "corrupt image": {"image_path": "broken.png"},
-           "corrupt audio": {"audio_path": "broken.wav"}, "empty frame folder": {"video_path": "empty"}}[problem]
+           "corrupt audio": {"audio_path": "broken.wav"}, "empty frame folder": {"video_path": "empty"},
+           "corrupt video": {"video_path": "broken.mp4"}, "missing video": {"video_path": "gone.mp4"}}[problem]
+    (tmp_path / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 truncated")
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     (tmp_path / "broken.wav").write_bytes(b"RIFF1234WAVEjunk")
     (tmp_path / "empty").mkdir()
@@ -109,3 +113,34 @@ def test_audio_data_on_a_vl_backbone_fails_before_loading():
     with pytest.raises(ConfigError, match="audio items but model.family=qwen2_5_vl"):
         check_modalities({"text", "audio"}, "qwen2_5_vl", "Qwen/Qwen2.5-VL-3B-Instruct")
     check_modalities({"text", "image", "video", "audio"}, "qwen2_5_omni", "x")  # the Omni thinker has all towers
+
+
+def test_image_bytes_from_a_parquet_table(media, omni, tmp_path):
+    import pandas as pd
+
+    root, files = media
+    png = (root / files["image"][0]).read_bytes()
+    rows = [{"anchor": {"text": "", "image": {"bytes": png, "path": None}}, "positive": caption(SCENES[0])}] * 2
+    pd.DataFrame(rows).to_parquet(tmp_path / "t.parquet")
+    records = TableSource("t", path=str(tmp_path / "t.parquet")).load()
+    assert records[0]["anchor"]["image"]["bytes"] == png
+    batch = omni.encoder([r["anchor"] for r in records])
+    assert batch["image_grid_thw"].shape == (2, 3)
+
+
+def test_collation_runs_in_worker_processes(media, omni):
+    from lco.data.datamodule import TripletDataModule
+    from lco.data.synthetic import SceneTriplets
+
+    dm = TripletDataModule({"scenes": SceneTriplets(n=64, image_fraction=0.5)}, batch_size=4, num_workers=2,
+                           val_size=0)
+    dm.load()
+    dm.attach(omni.encoder)
+    in_workers = list(dm.train_dataloader())
+    dm.num_workers = 0
+    in_main = list(dm.train_dataloader())
+    assert len(in_workers) == len(in_main) == 16
+    for a, b in zip(in_workers, in_main):
+        assert a["anchor"].keys() == b["anchor"].keys()
+        assert all(torch.equal(a["anchor"][k], b["anchor"][k]) for k in a["anchor"])
+    assert any("pixel_values" in b["anchor"] for b in in_main)
