@@ -8,9 +8,10 @@ from pathlib import Path
 import pytorch_lightning as pl
 
 
-def embedding_card(embedder) -> dict:
+def embedding_card(embedder, method) -> dict:
     """What a user needs to reproduce embeddings outside lco: prompts, pooling, normalisation, base model."""
     return {
+        **method.card(),
         "family": embedder.family.name,
         "base_model": embedder.backbone.path,
         "pooling": embedder.pooling,
@@ -35,4 +36,4 @@ class SaveEmbedder(pl.Callback):
         embedder = pl_module.embedder
         pl_module.method.save(embedder, self.dirpath)
         embedder.backbone.processor.save_pretrained(self.dirpath)
-        (self.dirpath / "lco_embedding.json").write_text(json.dumps(embedding_card(embedder), indent=2))
+        (self.dirpath / "lco_embedding.json").write_text(json.dumps(embedding_card(embedder, pl_module.method), indent=2))

@@ -77,3 +77,27 @@ def check_modalities(data_modalities: set[str], family_name: str, model_path: st
             f"{', '.join(family.modalities)}. Pick a model with that tower (model=qwen_omni or tiny_omni for audio) "
             "or drop those sources."
         )
+
+
+def check_launch(trainer_cfg: DictConfig) -> None:
+    """Refuse a local Hydra multirun whose jobs start several processes (DDP on >1 device).
+
+    Lightning's DDP launcher re-runs the command line in every child rank, so with ``-m`` each rank would start
+    the whole sweep again. Run such jobs one per command (a shell loop) or through a cluster launcher plugin.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    local = str(hydra_cfg.launcher.get("_target_", "")).endswith("BasicLauncher")
+    devices, nodes = trainer_cfg.get("devices", 1), trainer_cfg.get("num_nodes", 1)
+    several = str(devices) not in ("1", "auto") or int(nodes or 1) > 1
+    if hydra_cfg.mode == RunMode.MULTIRUN and local and several:
+        raise ConfigError(
+            f"a local multirun (-m) cannot run jobs on several devices (trainer.devices={devices}, "
+            f"trainer.num_nodes={nodes}): Lightning's DDP launcher would re-start the whole sweep in every rank. "
+            "Run one command per job (see experiments/ablation_methods/README.md), use trainer=gpu for "
+            "single-device jobs, or a cluster launcher (hydra/launcher=submitit_slurm)."
+        )

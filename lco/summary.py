@@ -1,7 +1,8 @@
-"""The short end-of-run summary printed by ``lco.train``."""
+"""What a finished run reports: the printed summary, its cost, and ``metrics.json`` (read by ``lco.report``)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from rich.console import Console
@@ -27,3 +28,19 @@ def print_summary(module, before: dict, after: dict, out: Path, trainer) -> None
     console = Console()
     console.print(table)
     console.print(f"outputs: {out}")
+
+
+def record_cost(trainer, wall_seconds: float) -> dict[str, float]:
+    """Cost of the fit like the paper's GPU-hours column: wall time x devices (all ranks, all nodes)."""
+    cost = {"wall_seconds": wall_seconds, "devices": float(trainer.world_size),
+            "device_hours": wall_seconds * trainer.world_size / 3600.0}
+    for logger in trainer.loggers:
+        logger.log_metrics({f"cost/{k}": v for k, v in cost.items()}, step=trainer.global_step)
+        logger.save()
+    return cost
+
+
+def write_metrics(path: Path, before: dict, after: dict, cost: dict, params: dict, method: str) -> None:
+    """``{"method", "before": {...}, "after": {...}, "cost": {...}, "params": {...}}`` as JSON."""
+    path.write_text(json.dumps({"method": method, "before": before, "after": after, "cost": cost,
+                                "params": params}, indent=2))

@@ -8,6 +8,7 @@ fail in seconds. Outputs go to the run folder (``paths.output_dir``): ``config.y
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import hydra
@@ -16,11 +17,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor
 
-from lco.config import ConfigError, check_config, check_modalities
+from lco.config import ConfigError, check_config, check_launch, check_modalities
 from lco.data.records import RecordError
 from lco.models.backbone import BackboneUnavailable
 from lco.module import ContrastiveModule
-from lco.summary import print_summary
+from lco.summary import print_summary, record_cost, write_metrics
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 USER_ERRORS = (ConfigError, BackboneUnavailable, RecordError, FileNotFoundError)
@@ -33,6 +34,7 @@ def _instantiate_group(group: DictConfig | None) -> list:
 def run(cfg: DictConfig) -> dict[str, float]:
     """Train with a composed config; returns the final logged metrics (floats)."""
     check_config(cfg)
+    check_launch(cfg.trainer)
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     datamodule.load()  # bad data fails here, before the model loads
@@ -56,9 +58,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
     before = {}
     if cfg.validate_before and not trainer.fast_dev_run:
         before = {k: float(v) for k, v in trainer.validate(module, datamodule, verbose=False)[0].items()}
+    start = time.perf_counter()
     trainer.fit(module, datamodule, ckpt_path=cfg.ckpt_path)
     after = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    cost = record_cost(trainer, time.perf_counter() - start)
     if trainer.is_global_zero:
+        write_metrics(out / "metrics.json", before, after, cost, module.parameter_counts(), module.method.name)
         print_summary(module, before, after, out, trainer)
     return after
 

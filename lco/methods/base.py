@@ -14,10 +14,22 @@ def count_parameters(module: nn.Module) -> dict[str, int]:
     return {"trainable": trainable, "frozen": total - trainable}
 
 
+def decoder_parameters(embedder, include_embeddings: bool = True):
+    """(name, parameter) of the language decoder: its layers, final norm and (optionally) token embeddings."""
+    prefix = embedder.family.lm_prefix + "."
+    for name, param in embedder.model.named_parameters():
+        if name.startswith(prefix) and (include_embeddings or "embed_tokens" not in name):
+            yield name, param
+
+
 class Method:
-    """Base class. ``apply(embedder)`` sets ``requires_grad`` (and may wrap layers); ``save`` writes the result."""
+    """Base class. ``apply(embedder)`` sets ``requires_grad`` (and may wrap layers or add a head); ``save``
+    writes what it trained as a folder usable without lco; ``card`` adds to ``lco_embedding.json``."""
 
     name = "base"
+
+    def card(self) -> dict:
+        return {"method": self.name}
 
     def apply(self, embedder) -> None:
         raise NotImplementedError

@@ -27,6 +27,7 @@ class LoRA(Method):
         self.r, self.alpha, self.dropout = r, alpha, dropout
         self.targets = tuple(targets)
         self.layers = layers
+        self.modules_to_save: list[str] | None = None  # whole modules trained and saved beside the adapter
 
     def target_regex(self, lm_prefix: str) -> str:
         layer = r"\d+" if self.layers is None else "|".join(str(i) for i in self.layers)
@@ -35,7 +36,8 @@ class LoRA(Method):
     def apply(self, embedder) -> None:
         embedder.model.requires_grad_(False)
         config = LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout, bias="none",
-                            target_modules=self.target_regex(embedder.family.lm_prefix))
+                            target_modules=self.target_regex(embedder.family.lm_prefix),
+                            modules_to_save=self.modules_to_save)
         try:
             embedder.model = get_peft_model(embedder.model, config)
         except ValueError as err:

@@ -3,12 +3,13 @@
 ``Embedder(inputs)`` takes one processor batch (``input_ids`` [N, T], ``attention_mask`` [N, T], optional
 media tensors) and returns float32 embeddings [N, D]. The default is the reference: the final hidden state
 *after* the decoder's last norm (the headless model's ``last_hidden_state``; the LM head is never run) at the
-last real token, L2-normalised.
+last real token, L2-normalised. A method may insert a trainable ``head`` between pooling and normalisation.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from peft import PeftModel
 from torch import nn
 
@@ -25,6 +26,7 @@ class Embedder(nn.Module):
         super().__init__()
         self.model = backbone.model  # the transformers model; a method may wrap it (LoRA: a PeftModel)
         self.backbone = backbone
+        self.head: nn.Module = nn.Identity()  # a method may put a trainable projection here (linear probe)
         self.pooling = pooling
         self.normalize = normalize
         self.encoder = ItemEncoder(backbone.processor, prompter or Prompter(), max_text_tokens, image_max_size,
@@ -42,7 +44,12 @@ class Embedder(nn.Module):
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         out = self.headless(**inputs, use_cache=False, return_dict=True)
-        return pool(out.last_hidden_state, inputs["attention_mask"], self.pooling, self.normalize)
+        vectors = self.head(pool(out.last_hidden_state, inputs["attention_mask"], self.pooling, normalize=False))
+        return F.normalize(vectors, dim=-1) if self.normalize else vectors
+
+    @property
+    def hidden_size(self) -> int:
+        return self.backbone.model.config.get_text_config().hidden_size
 
     @torch.no_grad()
     def encode(self, items: list[dict], batch_size: int = 32) -> torch.Tensor:

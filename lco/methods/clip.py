@@ -1,0 +1,29 @@
+"""CLIP-style contrastive training on image-text pairs: decoder LoRA plus a trainable vision tower.
+
+Pair it with the symmetric, learnable-temperature loss (``conf/method/clip.yaml`` selects ``loss=clip``) and
+multimodal data. ``train_vision=False`` keeps the tower frozen (LoRA only). ``save`` writes one peft folder:
+the LoRA weights plus the trained vision tower (peft ``modules_to_save``).
+"""
+
+from __future__ import annotations
+
+from lco.methods.lora import REFERENCE_TARGETS, LoRA
+
+
+class ClipStyle(LoRA):
+    name = "clip"
+
+    def __init__(self, r: int = 64, alpha: int = 128, dropout: float = 0.05,
+                 targets: tuple[str, ...] | list[str] = REFERENCE_TARGETS, layers: list[int] | None = None,
+                 train_vision: bool = True):
+        super().__init__(r, alpha, dropout, targets, layers)
+        self.train_vision = train_vision
+
+    def apply(self, embedder) -> None:
+        towers = [t for t in embedder.family.towers if t.endswith("visual")]
+        if not towers:
+            raise ValueError(f"method=clip trains on image-text pairs, but model.family={embedder.family.name} has "
+                             "no vision tower; use a VL or Omni model.")
+        if self.train_vision:
+            self.modules_to_save = [towers[0].rsplit(".", 1)[-1]]
+        super().apply(embedder)
