@@ -11,6 +11,7 @@ from functools import partial
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_info
 
 from lco.losses import InfoNCE
 from lco.methods.base import Method, count_parameters
@@ -39,6 +40,11 @@ class ContrastiveModule(pl.LightningModule):
 
     def parameter_counts(self) -> dict[str, int]:
         return count_parameters(self)
+
+    def on_fit_start(self) -> None:
+        counts = self.parameter_counts()
+        rank_zero_info(f"lco: method={self.method.name} trains {counts['trainable']:,} parameters; "
+                       f"{counts['frozen']:,} stay frozen")
 
     def setup(self, stage: str) -> None:
         use_gc = self.gradient_checkpointing
