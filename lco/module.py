@@ -13,6 +13,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_info
 
+from lco.analysis.retrieval import directional_recalls, recall_at
 from lco.losses import InfoNCE
 from lco.methods.base import Method, count_parameters
 from lco.models.embedder import Embedder
@@ -72,18 +73,23 @@ class ContrastiveModule(pl.LightningModule):
         anchor, positive, negative = self._embed_triplets(batch)
         loss = self.loss_fn(anchor, positive, negative, gather=False)
         self.log("val/loss", loss, batch_size=anchor.shape[0], sync_dist=True)
-        self._val_outputs.append((anchor.detach(), positive.detach()))
+        self._val_outputs.append((anchor.detach(), positive.detach(), batch["modality"]))
 
     def on_validation_epoch_end(self) -> None:
+        """Retrieval over the whole validation set: ``val/r1``, ``val/r5`` (all anchors -> all positives) and
+        per modality pair (``val/t2t_r1``, ``val/i2t_r1``, ``val/t2i_r1``, ...)."""
         if not self._val_outputs:
             return
-        anchors = torch.cat([a for a, _ in self._val_outputs])
-        positives = torch.cat([p for _, p in self._val_outputs])
+        anchors = torch.cat([a for a, _, _ in self._val_outputs])
+        positives = torch.cat([p for _, p, _ in self._val_outputs])
+        a_mod = [m for _, _, mods in self._val_outputs for m in mods["anchor"]]
+        p_mod = [m for _, _, mods in self._val_outputs for m in mods["positive"]]
         self._val_outputs.clear()
-        ranks = retrieval_ranks(anchors, positives)
-        self.log("val/r1", (ranks < 1).float().mean(), sync_dist=True)
-        self.log("val/r5", (ranks < 5).float().mean(), sync_dist=True)
-        self.history["val/r1"].append(float((ranks < 1).float().mean()))
+        metrics = {f"r{k}": v for k, v in recall_at(anchors, positives).items()}
+        metrics.update(directional_recalls(anchors, positives, a_mod, p_mod))
+        for name, value in metrics.items():
+            self.log(f"val/{name}", value, sync_dist=True)
+        self.history["val/r1"].append(metrics["r1"])
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
@@ -98,11 +104,3 @@ class ContrastiveModule(pl.LightningModule):
         full = super().state_dict(*args, **kwargs)
         keep = {name for name, p in self.named_parameters() if p.requires_grad}
         return {k: v for k, v in full.items() if k in keep or k.endswith("log_scale")}
-
-
-@torch.no_grad()
-def retrieval_ranks(queries: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Rank (0 = first) of ``targets[i]`` among all targets for ``queries[i]`` by cosine; inputs [N, D]."""
-    scores = queries.float() @ targets.float().T
-    own = scores.diagonal().unsqueeze(1)
-    return (scores > own).sum(dim=1)

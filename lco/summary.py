@@ -20,7 +20,7 @@ def print_summary(module, before: dict, after: dict, out: Path, trainer) -> None
         k = max(1, min(10, len(losses) // 5))
         table.add_row("train loss (mean of first/last %d steps)" % k,
                       f"{sum(losses[:k]) / k:.4f}", f"{sum(losses[-k:]) / k:.4f}")
-    for key in ("val/loss", "val/r1", "val/r5"):
+    for key in sorted(k for k in after if k.startswith("val/")):
         if key in after:
             table.add_row(key, f"{before[key]:.4f}" if key in before else "-", f"{after[key]:.4f}")
     table.add_row("trainable / frozen params", "", f"{counts['trainable']:,} / {counts['frozen']:,}")

@@ -67,8 +67,9 @@ class ItemEncoder:
 class TripletCollator:
     """Batch of records ``{"anchor", "positive", "negatives": [item, ...]}`` -> encoded columns.
 
-    Output: ``{"anchor": enc, "positive": enc, "negative": enc or None, "num_negatives": K}`` where the
-    negatives of anchor i are rows ``i*K ... i*K+K-1`` of ``negative``.
+    Output: ``{"anchor": enc, "positive": enc, "negative": enc or None, "num_negatives": K, "modality": {"anchor":
+    [...], "positive": [...]}}`` where the negatives of anchor i are rows ``i*K ... i*K+K-1`` of ``negative`` and
+    modality names each item's kind (``text``, ``image``, ``audio``, ``video``, ``mixed``).
     """
 
     encoder: ItemEncoder
@@ -85,6 +86,8 @@ class TripletCollator:
                 "positive": self.encoder([r["positive"] for r in records]),
                 "negative": self.encoder([neg for r in records for neg in r["negatives"]]) if k else None,
                 "num_negatives": k,
+                "modality": {side: [self.encoder.prompter.modality(r[side]) for r in records]
+                             for side in ("anchor", "positive")},
             }
         except MediaError as err:
             raise RecordError(f"{err} (in one of: {', '.join(r.get('origin', '?') for r in records)}). The file "

@@ -92,6 +92,7 @@ class TripletDataModule(pl.LightningDataModule):
             chosen = set(rng.sample(range(len(records)), n_val))
             self.val_records += [records[i] for i in sorted(chosen)]
             self.records[name] = [r for i, r in enumerate(records) if i not in chosen]
+        rng.shuffle(self.val_records)  # sources interleaved, so a limited validation still sees each
 
     def _note_modalities(self, records) -> None:
         for record in records:

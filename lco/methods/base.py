@@ -28,11 +28,21 @@ class Method:
 
     name = "base"
 
+    saves_full_model = False  # True: ``save`` writes a whole model folder, loaded as the backbone itself
+
     def card(self) -> dict:
         return {"method": self.name}
+
+    @classmethod
+    def load(cls, embedder, folder: str | Path) -> None:
+        """Put what ``save`` wrote in ``folder`` back onto ``embedder`` (inference; nothing trainable)."""
+        raise NotImplementedError
 
     def apply(self, embedder) -> None:
         raise NotImplementedError
 
     def save(self, embedder, out_dir: str | Path) -> Path:
-        raise NotImplementedError
+        """Default: ``save_pretrained`` of the (possibly peft-wrapped) model: an adapter or a model folder."""
+        out = Path(out_dir)
+        embedder.model.save_pretrained(out)
+        return out

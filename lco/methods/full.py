@@ -1,4 +1,7 @@
-"""Full fine-tuning of the language decoder (layers, final norm, token embeddings); towers stay frozen."""
+"""Full fine-tuning of the language decoder (layers, final norm, token embeddings); towers stay frozen.
+
+``save`` (the default) writes a complete transformers folder: towers unchanged, decoder trained.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from lco.methods.base import Method, decoder_parameters
 
 class FullFineTune(Method):
     name = "full"
+    saves_full_model = True
 
     def __init__(self, train_embeddings: bool = True):
         self.train_embeddings = train_embeddings
@@ -18,8 +22,6 @@ class FullFineTune(Method):
         for _, param in decoder_parameters(embedder, self.train_embeddings):
             param.requires_grad_(True)
 
-    def save(self, embedder, out_dir: str | Path) -> Path:
-        """A complete transformers folder (the whole model: towers unchanged, decoder trained)."""
-        out = Path(out_dir)
-        embedder.model.save_pretrained(out)
-        return out
+    @classmethod
+    def load(cls, embedder, folder: str | Path) -> None:
+        """Nothing to add: the backbone was loaded from ``folder`` itself."""

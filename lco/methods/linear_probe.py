@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lco.methods.base import Method
@@ -43,3 +43,11 @@ class LinearProbe(Method):
 
     def card(self) -> dict:
         return {"method": self.name, "head": "head.safetensors (applied to the pooled vector before normalising)"}
+
+    @classmethod
+    def load(cls, embedder, folder: str | Path) -> None:
+        state = load_file(str(Path(folder) / "head.safetensors"))
+        out_dim, hidden = state["weight"].shape
+        head = nn.Linear(hidden, out_dim, bias="bias" in state)
+        head.load_state_dict(state)
+        embedder.head = head.to(next(embedder.model.parameters()).device)

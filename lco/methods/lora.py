@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model
 
 from lco.methods.base import Method
 
@@ -44,7 +44,6 @@ class LoRA(Method):
             raise ValueError(f"method=lora matched no module for targets {self.targets} under "
                              f"{embedder.family.lm_prefix}.layers ({err}); check method.targets / method.layers.") from err
 
-    def save(self, embedder, out_dir: str | Path) -> Path:
-        out = Path(out_dir)
-        embedder.model.save_pretrained(out)
-        return out
+    @classmethod
+    def load(cls, embedder, folder: str | Path) -> None:
+        embedder.model = PeftModel.from_pretrained(embedder.model, str(folder))

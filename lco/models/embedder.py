@@ -8,6 +8,8 @@ last real token, L2-normalised. A method may insert a trainable ``head`` between
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from peft import PeftModel
@@ -52,12 +54,38 @@ class Embedder(nn.Module):
         return self.backbone.model.config.get_text_config().hidden_size
 
     @torch.no_grad()
-    def encode(self, items: list[dict], batch_size: int = 32) -> torch.Tensor:
-        """Embed items (``{"text": ...}`` dicts, or plain strings) with training's prompts; returns [N, D] on CPU."""
+    def encode(self, items: list, batch_size: int = 32, progress: bool = False) -> torch.Tensor:
+        """Embed items (``{"text", "image", "audio", "video"}`` dicts, or plain strings) with training's prompts
+        and pooling. Items are batched by length (longest first) to waste little padding; the output keeps
+        the input order. Returns float32 [N, D] on CPU."""
         items = [{"text": it} if isinstance(it, str) else it for it in items]
+        order = sorted(range(len(items)), key=lambda i: -_size(items[i]))
         device = next(self.model.parameters()).device
-        chunks = []
-        for start in range(0, len(items), batch_size):
-            batch = self.encoder(items[start: start + batch_size])
-            chunks.append(self({k: v.to(device) for k, v in batch.items()}).cpu())
-        return torch.cat(chunks)
+        out = torch.empty(0)
+        with _progress(len(items), progress) as advance:
+            for start in range(0, len(items), batch_size):
+                chunk = order[start: start + batch_size]
+                batch = self.encoder([items[i] for i in chunk])
+                vectors = self({k: v.to(device) for k, v in batch.items()}).cpu()
+                if out.numel() == 0:
+                    out = torch.empty(len(items), vectors.shape[1])
+                out[chunk] = vectors
+                advance(len(chunk))
+        return out
+
+
+def _size(item: dict) -> int:
+    """Sort key for length grouping: media first (they expand to many tokens), then text length."""
+    return 10_000 * sum(item.get(m) is not None for m in ("image", "audio", "video")) + len(item.get("text") or "")
+
+
+@contextlib.contextmanager
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        yield lambda n: None
+        return
+    from rich.progress import Progress
+
+    with Progress() as bar:
+        task = bar.add_task("encoding", total=total)
+        yield lambda n: bar.advance(task, n)
