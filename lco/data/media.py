@@ -6,7 +6,8 @@ features). Images are also accepted as PIL images. A video is a video file (deco
 frame images, or a list of frame paths.
 
 Outputs: ``load_image`` -> RGB ``PIL.Image`` fitted inside ``max_size`` x ``max_size`` (aspect kept);
-``load_audio`` -> mono float32 ``np.ndarray`` at ``sampling_rate``, cut to ``max_seconds``;
+``load_audio`` -> mono float32 ``np.ndarray`` at ``sampling_rate``, cut to ``max_seconds`` (also from an
+already decoded ``{"array", "sampling_rate"}`` dict);
 ``load_video`` -> list of RGB ``PIL.Image`` frames (an even count, at most ``max_frames``).
 """
 
@@ -67,13 +68,17 @@ def load_audio(source, sampling_rate: int = 16000, max_seconds: float = 30.0) ->
     import soundfile
     from scipy.signal import resample_poly
 
-    try:
-        wave, rate = soundfile.read(_open(source), dtype="float32", always_2d=True)
-    except MediaError:
-        raise
-    except Exception as err:  # noqa: BLE001
-        raise MediaError(f"cannot decode audio {_describe(source)}: {err}") from None
-    wave = wave.mean(axis=1)
+    if isinstance(source, dict) and "array" in source:  # already decoded (datasets Audio / mteb AudioInputItem)
+        wave, rate = np.asarray(source["array"], dtype=np.float32), int(source["sampling_rate"])
+        wave = wave if wave.ndim == 1 else wave.mean(axis=-1 if wave.shape[-1] <= 8 else 0)
+    else:
+        try:
+            wave, rate = soundfile.read(_open(source), dtype="float32", always_2d=True)
+        except MediaError:
+            raise
+        except Exception as err:  # noqa: BLE001
+            raise MediaError(f"cannot decode audio {_describe(source)}: {err}") from None
+        wave = wave.mean(axis=1)
     if rate != sampling_rate:
         ratio = Fraction(sampling_rate, rate)
         wave = resample_poly(wave, ratio.numerator, ratio.denominator).astype(np.float32)
