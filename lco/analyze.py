@@ -11,15 +11,14 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from lco.cli import entry
 from lco.analysis.layers import layer_states
 from lco.analysis.metrics import anisotropy, mutual_knn_alignment
 from lco.config import check_config
 from lco.models.loading import load_embedder
-from lco.train import CONF_DIR
 
 METRICS = ("anisotropy_anchor", "anisotropy_positive", "alignment")
 
@@ -78,9 +77,7 @@ def run(cfg: DictConfig) -> list[dict]:
     return rows
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="analyze")
-def main(cfg: DictConfig) -> None:
-    run(cfg)
+main = entry("analyze", run)
 
 
 if __name__ == "__main__":

@@ -9,17 +9,14 @@ per task category and over all tasks).
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
-import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from lco.config import ConfigError, check_config
-from lco.evaluation.benchmarks import DatasetsUnavailable, check_available, skip_self_matches, summarize
-from lco.models.backbone import BackboneUnavailable
-from lco.train import CONF_DIR
+from lco.cli import entry
+from lco.config import check_config
+from lco.evaluation.benchmarks import check_available, skip_self_matches, summarize
 
 
 def _markdown(rows: list[dict]) -> str:
@@ -54,13 +51,7 @@ def run(cfg: DictConfig) -> list[dict]:
     return rows
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="evaluate")
-def main(cfg: DictConfig) -> None:
-    try:
-        run(cfg)
-    except (DatasetsUnavailable, BackboneUnavailable, ConfigError, FileNotFoundError) as err:
-        print(f"lco: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+main = entry("evaluate", run)
 
 
 if __name__ == "__main__":

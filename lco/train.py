@@ -7,24 +7,19 @@ fail in seconds. Outputs go to the run folder (``paths.output_dir``): ``config.y
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
-import hydra
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor
 
-from lco.config import ConfigError, check_config, check_launch, check_modalities
-from lco.data.records import RecordError
-from lco.models.backbone import BackboneUnavailable
+from lco.cli import entry
+from lco.config import check_config, check_launch, check_modalities
 from lco.module import ContrastiveModule
 from lco.summary import print_summary, record_cost, write_metrics
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
-USER_ERRORS = (ConfigError, BackboneUnavailable, RecordError, FileNotFoundError)
 
 
 def _instantiate_group(group: DictConfig | None) -> list:
@@ -68,19 +63,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
     return after
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
-def main(cfg: DictConfig) -> float | None:
-    try:
-        metrics = run(cfg)
-    except Exception as err:
-        cause = err
-        while cause is not None and not isinstance(cause, USER_ERRORS):
-            cause = cause.__cause__  # hydra's instantiate wraps errors raised by targets
-        if cause is None:
-            raise
-        print(f"lco: error: {cause}", file=sys.stderr)  # a message the user can act on; no traceback
-        raise SystemExit(2) from None
-    return metrics.get("val/r1")
+def _objective(cfg: DictConfig) -> float | None:
+    """``run`` for Hydra: returns ``val/r1`` so sweepers can optimise it."""
+    return run(cfg).get("val/r1")
+
+
+main = entry("train", _objective)
 
 
 if __name__ == "__main__":

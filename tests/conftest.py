@@ -16,7 +16,7 @@ from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import open_dict  # noqa: E402
 
-from lco.train import CONF_DIR  # noqa: E402
+from lco.cli import CONF_DIR  # noqa: E402
 
 torch.set_num_threads(1)
 TINY_FAMILIES = {"tiny_text": "qwen2", "tiny_vl": "qwen2_5_vl", "tiny_omni": "qwen2_5_omni"}

@@ -63,7 +63,7 @@ def test_load_embedder_reproduces_the_run_and_analyze_writes_files(tmp_path):
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    from lco.train import CONF_DIR
+    from lco.cli import CONF_DIR
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):

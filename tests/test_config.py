@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from lco.config import ConfigError, check_config
-from lco.train import CONF_DIR, run
+from lco.cli import CONF_DIR
+from lco.train import run
 from tests.conftest import compose_train
 
 GROUPS = ["model", "data", "embed", "method", "loss", "optim", "trainer", "logger", "callbacks", "debug", "experiment"]

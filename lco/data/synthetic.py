@@ -3,12 +3,15 @@
 Each scene is one object with a colour, shape, size and position. The anchor and positive describe the same
 scene with two different caption templates (paraphrases); the hard negative describes a scene that differs in
 exactly one attribute, so a model must read every attribute to rank the positive first. With
-``image_fraction > 0`` that share of anchors is a rendered 112x112 PNG of the scene instead of a caption.
+``image_fraction > 0`` that share of anchors is a rendered 112x112 PNG of the scene instead of a caption
+(8x8 patches of 14 pixels -> 16 merged Qwen vision tokens). ``split="train"`` / ``"test"`` draws only from
+the training / held-out fifth of the 320 attribute combinations (``held_out``).
 """
 
 from __future__ import annotations
 
 import random
+import zlib
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -26,6 +29,29 @@ TEMPLATES = [
     "{position} of the frame: a {colour}, {size} {shape}.",
 ]
 ATTRIBUTES = {"colour": sorted(COLOURS), "shape": SHAPES, "size": SIZES, "position": sorted(POSITIONS)}
+
+
+SPLITS = ("all", "train", "test")
+
+
+def held_out(scene: dict) -> bool:
+    """A fixed fifth of the 320 attribute combinations, never drawn for ``split="train"``."""
+    key = "{colour}-{shape}-{size}-{position}".format(**scene)
+    return zlib.crc32(key.encode()) % 5 == 0
+
+
+def random_scene(rng: random.Random, split: str = "all") -> dict:
+    """A scene drawn uniformly from the combinations of ``split`` (``all``, ``train`` or held-out ``test``)."""
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r}: use one of {SPLITS}")
+    while True:
+        scene = {k: rng.choice(v) for k, v in ATTRIBUTES.items()}
+        if split == "all" or held_out(scene) == (split == "test"):
+            return scene
+
+
+def caption(scene: dict, template: str) -> str:
+    return template.format(**scene).capitalize()
 
 
 def render_scene(scene: dict, size: int = 112) -> Image.Image:
@@ -52,45 +78,50 @@ class SceneTriplets:
     (default: the lco cache). Same interface as ``TableSource`` (``load``, ``stream``, ``describe``)."""
 
     def __init__(self, n: int = 2048, seed: int = 0, name: str = "scenes", image_fraction: float = 0.0,
-                 image_dir: str | None = None):
+                 image_dir: str | None = None, split: str = "all"):
         self.n, self.seed, self.name, self.image_fraction = n, seed, name, image_fraction
-        self.image_dir = image_dir
+        self.image_dir, self.split = image_dir, split
 
     def describe(self) -> str:
-        return f"{self.name}(n={self.n}, seed={self.seed}, image_fraction={self.image_fraction})"
+        return f"{self.name}(n={self.n}, seed={self.seed}, image_fraction={self.image_fraction}, split={self.split})"
 
     @property
     def num_rows(self) -> int:
         return self.n
 
     def _image_path(self, scene: dict) -> str:
-        from lco.models.tiny import cache_root
-
-        folder = Path(self.image_dir) if self.image_dir else cache_root() / "scenes"
-        path = folder / ("{size}_{colour}_{shape}_{position}.png".format(**scene))
-        if not path.exists():
-            folder.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{random.getrandbits(32)}.tmp.png")
-            render_scene(scene).save(tmp)
-            tmp.replace(path)
-        return str(path)
+        return scene_image_path(scene, self.image_dir)
 
     def stream(self, policy=None):
         rng = random.Random(f"{self.seed}-{self.name}")  # sources of one mix draw different scenes
         for index in range(self.n):
-            scene = {k: rng.choice(v) for k, v in ATTRIBUTES.items()}
+            scene = random_scene(rng, self.split)
             changed = rng.choice(sorted(ATTRIBUTES))
             other = dict(scene, **{changed: rng.choice([v for v in ATTRIBUTES[changed] if v != scene[changed]])})
             t_anchor, t_pos = rng.sample(TEMPLATES, 2)
             t_neg = rng.choice(TEMPLATES)
             as_image = rng.random() < self.image_fraction
-            anchor = {"image": self._image_path(scene)} if as_image else {"text": t_anchor.format(**scene).capitalize()}
+            anchor = {"image": self._image_path(scene)} if as_image else {"text": caption(scene, t_anchor)}
             yield {
                 "anchor": anchor,
-                "positive": {"text": t_pos.format(**scene).capitalize()},
-                "negatives": [{"text": t_neg.format(**other).capitalize()}],
+                "positive": {"text": caption(scene, t_pos)},
+                "negatives": [{"text": caption(other, t_neg)}],
                 "origin": f"{self.describe()}, row {index}",
             }
 
     def load(self, policy=None) -> list[dict]:
         return list(self.stream(policy))
+
+
+def scene_image_path(scene: dict, image_dir: str | None = None) -> str:
+    """The scene's PNG, rendered once under ``image_dir`` (default: the lco cache) and reused."""
+    from lco.models.tiny import cache_root
+
+    folder = Path(image_dir) if image_dir else cache_root() / "scenes"
+    path = folder / ("{size}_{colour}_{shape}_{position}.png".format(**scene))
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{random.getrandbits(32)}.tmp.png")
+        render_scene(scene).save(tmp)
+        tmp.replace(path)
+    return str(path)

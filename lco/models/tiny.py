@@ -29,6 +29,15 @@ _VISION = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_h
 TINY_SPECS: dict[str, tuple[str, str, dict]] = {
     "tiny_text": ("qwen2", "vl", {"text": _TEXT}),
     "tiny_vl": ("qwen2_5_vl", "vl", {"text": {**_TEXT, "rope_parameters": _MROPE}, "vision": _VISION}),
+    # the toy world's backbone (FIELD_NOTES section 6): text 128 wide x 4 layers, ViT 64 wide x 3 blocks
+    "toy_omni": ("qwen2_5_omni", "omni", {
+        "text": {**_TEXT, "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 4,
+                 "rope_parameters": {**_MROPE, "mrope_section": [4, 6, 6]}},
+        "vision": {**_VISION, "depth": 3, "hidden_size": 64, "intermediate_size": 128, "out_hidden_size": 128,
+                   "fullatt_block_indexes": [2]},
+        "audio": dict(encoder_layers=2, d_model=32, encoder_attention_heads=2, encoder_ffn_dim=64, output_dim=128,
+                      num_mel_bins=128, max_source_positions=1500, n_window=100),
+    }),
     "tiny_omni": ("qwen2_5_omni", "omni", {
         "text": {**_TEXT, "rope_parameters": _MROPE},
         "vision": _VISION,

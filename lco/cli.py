@@ -1,0 +1,50 @@
+"""The shared shape of lco's entry points (``python -m lco.train|evaluate|analyze|pretrain``).
+
+``entry("train", run)`` returns a Hydra main over ``conf/train.yaml`` that calls ``run(cfg)``. Errors a user can
+act on (bad config key, missing model or data, bad record) print one ``lco: error: ...`` paragraph and exit
+with status 2 instead of a traceback, also when Hydra's ``instantiate`` wrapped them.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    from lco.config import ConfigError
+    from lco.data.records import RecordError
+    from lco.models.backbone import BackboneUnavailable
+
+    errors: list[type[BaseException]] = [ConfigError, BackboneUnavailable, RecordError, FileNotFoundError]
+    try:
+        from lco.evaluation.benchmarks import DatasetsUnavailable
+
+        errors.append(DatasetsUnavailable)
+    except ImportError:  # mteb missing: nothing of it can be raised either
+        pass
+    return tuple(errors)
+
+
+def entry(config_name: str, run: Callable[[DictConfig], object]) -> Callable[[], object]:
+    @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=config_name)
+    def main(cfg: DictConfig):
+        try:
+            return run(cfg)
+        except Exception as err:
+            known = user_errors()
+            cause = err
+            while cause is not None and not isinstance(cause, known):
+                cause = cause.__cause__  # hydra's instantiate wraps errors raised by targets
+            if cause is None:
+                raise
+            print(f"lco: error: {cause}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    return main

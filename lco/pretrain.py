@@ -1,0 +1,128 @@
+"""``python -m lco.pretrain``: the toy world's generative stage (next-token training of a small Omni thinker).
+
+The model learns to caption rendered scenes, to model caption text, and to answer lco's summary prompt with an
+attribute word of the scene, for images and captions alike (``lco/data/documents.py``). The loss is next-token
+cross-entropy over the closed toy vocabulary (every token a target can contain), which is exact for this world
+and avoids a 152K-way softmax on a CPU. Validation on held-out scenes logs ``val/caption_loss`` and
+``val/summary_mass_image`` / ``_text``: the probability the model puts on the scene's own attribute words at
+the summary position. The trained model is written as an HF folder (``<run>/model``) that ``model.path=``
+accepts, with family ``qwen2_5_omni``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader
+
+from lco.cli import entry
+from lco.config import check_config
+from lco.data.documents import DocumentCollator, SceneDocuments, toy_vocabulary
+from lco.optim import build_scheduler
+from lco.prompts import Prompter
+
+
+class GenerativeModule(pl.LightningModule):
+    """Batches from ``DocumentCollator``; trains every parameter except the audio tower."""
+
+    def __init__(self, backbone, lr: float = 1e-3, warmup_steps: int = 50, weight_decay: float = 0.0):
+        super().__init__()
+        self.model = backbone.model
+        self.backbone = backbone
+        self.lr, self.warmup_steps, self.weight_decay = lr, warmup_steps, weight_decay
+        tokenizer = getattr(backbone.processor, "tokenizer", backbone.processor)
+        vocab = torch.tensor(toy_vocabulary(tokenizer))
+        self.register_buffer("vocab", vocab, persistent=False)
+        remap = torch.full((int(vocab.max()) + 1,), -100, dtype=torch.long)
+        remap[vocab] = torch.arange(len(vocab))
+        self.register_buffer("remap", remap, persistent=False)
+        for name, param in self.model.named_parameters():
+            param.requires_grad_("audio_tower" not in name)
+        self.model.train()
+        self.history: dict[str, list] = {"train/loss": [], "val": []}
+
+    def _logits(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logits over the toy vocabulary at labelled positions [M, V], targets [M], row index [M])."""
+        hidden = self.model.model(**batch["inputs"], use_cache=False).last_hidden_state
+        labels = batch["labels"]
+        rows, cols = torch.nonzero(labels[:, 1:] != -100, as_tuple=True)  # position t predicts token t + 1
+        states = hidden[rows, cols]
+        logits = states @ self.model.get_output_embeddings().weight[self.vocab].T
+        return logits, self.remap[labels[rows, cols + 1]], rows
+
+    def training_step(self, batch, batch_idx):
+        logits, targets, _ = self._logits(batch)
+        loss = F.cross_entropy(logits, targets)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["kind"]))
+        self.history["train/loss"].append(float(loss.detach()))
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        logits, targets, rows = self._logits(batch)
+        kinds = batch["kind"]
+        caption_rows = torch.tensor([kinds[r] == "caption" for r in rows.tolist()], device=logits.device)
+        if caption_rows.any():
+            self.log("val/caption_loss", F.cross_entropy(logits[caption_rows], targets[caption_rows]),
+                     batch_size=int(caption_rows.sum()))
+        first = {}  # the first labelled position of each summary row predicts the word
+        for i, r in enumerate(rows.tolist()):
+            if kinds[r].startswith("summary") and r not in first:
+                first[r] = i
+        probs = logits.softmax(-1)
+        tokenizer = getattr(self.backbone.processor, "tokenizer", self.backbone.processor)
+        for kind in ("summary_image", "summary_text"):
+            masses = []
+            for r, i in first.items():
+                if kinds[r] != kind:
+                    continue
+                words = [tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in batch["scene"][r].values()]
+                masses.append(probs[i, self.remap[torch.tensor(words, device=logits.device)]].sum())
+            if masses:
+                self.log(f"val/{kind.replace('summary', 'summary_mass')}", torch.stack(masses).mean(),
+                         batch_size=len(masses))
+
+    def on_validation_epoch_end(self) -> None:
+        metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("val/")}
+        self.history["val"].append({"step": int(self.global_step), **metrics})
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        scheduler = build_scheduler(optimizer, int(self.trainer.max_steps), "cosine", self.warmup_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    check_config(cfg)
+    pl.seed_everything(cfg.seed, workers=True)
+    backbone = instantiate(cfg.model)
+    collate = DocumentCollator(backbone.processor, Prompter())
+    train = SceneDocuments(dict(cfg.documents), "train", cfg.seed)
+    val = SceneDocuments(dict(cfg.documents), "test", cfg.seed + 1, n=cfg.val_documents)
+    module = GenerativeModule(backbone, lr=cfg.lr, warmup_steps=cfg.warmup_steps)
+    trainer: pl.Trainer = instantiate(cfg.trainer, max_steps=cfg.steps, logger=False, enable_checkpointing=False,
+                                      val_check_interval=cfg.val_every, check_val_every_n_epoch=None)
+    trainer.fit(module, DataLoader(train, batch_size=cfg.batch_size, collate_fn=collate, num_workers=cfg.num_workers),
+                DataLoader(val, batch_size=cfg.batch_size, collate_fn=collate))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    out = Path(cfg.paths.output_dir)
+    if trainer.is_global_zero:
+        backbone.model.save_pretrained(out / "model")
+        backbone.processor.save_pretrained(out / "model")
+        (out / "pretrain_metrics.json").write_text(json.dumps(
+            {"steps": trainer.global_step, **metrics, "validation": module.history["val"]}, indent=2))
+        print(f"lco.pretrain: {trainer.global_step} steps, {metrics} -> {out / 'model'}")
+    return metrics
+
+
+main = entry("pretrain", run)
+
+
+if __name__ == "__main__":
+    main()
