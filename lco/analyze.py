@@ -14,7 +14,7 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from lco.cli import entry
+from lco.cli import DEVICE, entry
 from lco.analysis.layers import layer_states
 from lco.analysis.metrics import anisotropy, mutual_knn_alignment
 from lco.config import check_config
@@ -55,8 +55,8 @@ def run(cfg: DictConfig) -> list[dict]:
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    embedders = [("base", lambda: instantiate(cfg.embed)(instantiate(cfg.model)))]
-    embedders += [(str(c), lambda c=c: load_embedder(c)) for c in cfg.checkpoints]
+    embedders = [("base", lambda: instantiate(cfg.embed)(instantiate(cfg.model)).to(DEVICE))]
+    embedders += [(str(c), lambda c=c: load_embedder(c, device=DEVICE)) for c in cfg.checkpoints]
     for name, make in embedders:
         embedder = make().eval()
         rows += [{"checkpoint": name, **row} for row in analyse(embedder, records, cfg.k, cfg.batch_size)]

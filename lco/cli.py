@@ -12,9 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import hydra
+import torch
 from omegaconf import DictConfig
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+# where inference entry points (evaluate, analyze) put the model; training devices come from trainer=
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def user_errors() -> tuple[type[BaseException], ...]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from lco.cli import entry
+from lco.cli import DEVICE, entry
 from lco.config import check_config
 from lco.evaluation.benchmarks import check_available, skip_self_matches, summarize
 
@@ -36,9 +36,11 @@ def run(cfg: DictConfig) -> list[dict]:
     check_available(tasks)
     skip_self_matches(tasks)
     if cfg.checkpoint:
-        embedder, name = load_embedder(cfg.checkpoint), f"lco/{Path(cfg.checkpoint).resolve().parent.name}"
+        embedder = load_embedder(cfg.checkpoint, device=DEVICE)
+        name = f"lco/{Path(cfg.checkpoint).resolve().parent.name}"
     else:
-        embedder, name = instantiate(cfg.embed)(instantiate(cfg.model)), f"lco-base/{cfg.model.path}"
+        embedder = instantiate(cfg.embed)(instantiate(cfg.model)).to(DEVICE)
+        name = f"lco-base/{cfg.model.path}"
     out = Path(cfg.paths.output_dir)
     results = mteb.evaluate(MtebEncoder(embedder, name=name, batch_size=cfg.batch_size), tasks,
                             cache=mteb.ResultCache(cache_path=str(out / "mteb")),

@@ -53,7 +53,7 @@ class InfoNCE(nn.Module):
 
     @property
     def temperature(self) -> float:
-        return float(1.0 / self.log_scale.detach().exp())
+        return float(1.0 / self.log_scale.detach().clamp(max=self.max_log_scale).exp())
 
     def forward(self, anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor | None = None,
                 gather: bool | None = None):

@@ -36,7 +36,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     check_modalities(datamodule.modalities(), cfg.model.family, cfg.model.path)
     backbone = instantiate(cfg.model)
     embedder = instantiate(cfg.embed)(backbone)
-    module = ContrastiveModule(embedder, method=instantiate(cfg.method), loss=instantiate(cfg.loss),
+    method = instantiate(cfg.method)
+    module = ContrastiveModule(embedder, method=method, loss=instantiate(cfg.loss),
                                optimizer=instantiate(cfg.optim.optimizer),
                                scheduler=OmegaConf.to_container(cfg.optim.scheduler),
                                gradient_checkpointing=cfg.gradient_checkpointing)
@@ -45,13 +46,18 @@ def run(cfg: DictConfig) -> dict[str, float]:
     callbacks = _instantiate_group(cfg.get("callbacks"))
     if not loggers:  # logger=none: an LR monitor has nowhere to write (Lightning would refuse to start)
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    extra = {}
+    strategy = cfg.trainer.get("strategy")
+    if getattr(method, "trains_tower", False) and strategy is not None and "DDP" in str(strategy.get("_target_", "")):
+        # a tower gets no gradient from text-only batches: DDP must look for unused parameters
+        extra["strategy"] = instantiate(strategy, find_unused_parameters=True)
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **extra)
     out = Path(cfg.paths.output_dir)
     if trainer.is_global_zero:
         out.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, out / "config.yaml", resolve=True)
     before = {}
-    if cfg.validate_before and not trainer.fast_dev_run:
+    if cfg.validate_before and not trainer.fast_dev_run and datamodule.val_records:
         before = {k: float(v) for k, v in trainer.validate(module, datamodule, verbose=False)[0].items()}
     start = time.perf_counter()
     trainer.fit(module, datamodule, ckpt_path=cfg.ckpt_path)

@@ -81,3 +81,14 @@ def test_local_multirun_refuses_multi_device_jobs(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "lco.train", "-m", "trainer=ddp_cpu", f"paths.log_dir={tmp_path}"],
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2 and "re-start the whole sweep in every rank" in proc.stderr
+
+
+def test_clip_under_ddp_with_text_only_batches(tmp_path):
+    """method=clip trains the vision tower; a text-only batch leaves it unused, which DDP must tolerate."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    proc = subprocess.run([sys.executable, "-m", "lco.train", "method=clip", "data=scenes_mm", "trainer=ddp_cpu",
+                           "model=tiny_omni", "data.sources.scenes.n=96", "data.sources.scene_images.n=96",
+                           "data.batch_size=4", "trainer.max_steps=6", "validate_before=false",
+                           "trainer.limit_val_batches=0", "logger=none", f"paths.log_dir={tmp_path}"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]

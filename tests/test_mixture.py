@@ -126,3 +126,37 @@ def test_lightning_checkpoints_the_loader_position(tmp_path):
     run(cfg)
     ckpt = torch.load(tmp_path / "checkpoints" / "step000003.ckpt", weights_only=False)
     assert ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 0, "step": 3}]
+
+
+def test_review_fixes_for_mixed_sources(tmp_path):
+    """Sources with different negative counts validate together; a source needs a weight; a row whose negative
+    count differs from its source's fails at read time, naming the line."""
+    from lco.data.synthetic import SceneTriplets
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"anchor": f"a{i}", "positive": "p"}) + "\n" for i in range(40)))
+    dm = TripletDataModule({"scenes": SceneTriplets(n=40), "pairs": TableSource(path=str(pairs))},
+                           weights={"scenes": 1, "pairs": 1}, batch_size=4, val_size=16, val_batch_size=5)
+    dm.load()
+    dm.collator = lambda records: {len(r["negatives"]) for r in records}
+    assert all(len(counts) == 1 for counts in dm.val_dataloader())
+    with pytest.raises(RecordError, match=r"data.sources \['pairs'\] have no weight"):
+        TripletDataModule({"scenes": SceneTriplets(n=40), "pairs": TableSource(path=str(pairs))}, weights={"scenes": 1})
+    uneven = tmp_path / "uneven.jsonl"
+    uneven.write_text(json.dumps({"anchor": "a", "positive": "b", "negatives": ["c", "d"]}) + "\n"
+                      + json.dumps({"anchor": "a", "positive": "b", "negatives": ["c"]}) + "\n")
+    with pytest.raises(RecordError, match="line 2: 1 negatives where earlier rows have 2"):
+        TableSource("u", path=str(uneven)).load()
+
+
+def test_streamed_only_data_trains_without_validation(tmp_path):
+    from lco.train import run
+    from tests.conftest import compose_train
+
+    path = tmp_path / "s.jsonl"
+    path.write_text("".join(json.dumps({"anchor": f"a{i}", "positive": f"p{i}"}) + "\n" for i in range(32)))
+    cfg = compose_train(tmp_path, ["data=jsonl", f"data.sources.jsonl.path={path}", "data.sources.jsonl.streaming=true",
+                                   "data.steps_per_epoch=2", "data.batch_size=4", "data.num_workers=0",
+                                   "trainer.max_epochs=1", "logger=none", "model=tiny_text"])
+    metrics = run(cfg)
+    assert metrics["train/loss"] > 0 and "val/r1" not in metrics

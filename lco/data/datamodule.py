@@ -41,6 +41,10 @@ class TripletDataModule(pl.LightningDataModule):
         if unknown:
             raise RecordError(f"data.weights names {sorted(unknown)}, which are not in data.sources "
                               f"({sorted(self.sources)}).")
+        unweighted = set(self.sources) - set(self.weights or self.sources)
+        if unweighted:
+            raise RecordError(f"data.sources {sorted(unweighted)} have no weight: add +data.weights.<name>=w "
+                              "for each (0 is not allowed; remove the source instead).")
         self.val_size, self.batch_size = val_size, batch_size
         self.val_batch_size = val_batch_size or batch_size
         self.num_workers, self.seed, self.shuffle, self.shuffle_buffer = num_workers, seed, shuffle, shuffle_buffer
@@ -138,5 +142,10 @@ class TripletDataModule(pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader | list:
         if not self.val_records:
             return []
-        return DataLoader(self.val_records, batch_size=self.val_batch_size, shuffle=False, collate_fn=self.collator,
+        groups: dict[int, list[int]] = {}  # sources may differ in negatives per record; a batch cannot
+        for i, record in enumerate(self.val_records):
+            groups.setdefault(len(record["negatives"]), []).append(i)
+        batches = [ids[s:s + self.val_batch_size] for ids in groups.values()
+                   for s in range(0, len(ids), self.val_batch_size)]
+        return DataLoader(self.val_records, batch_sampler=batches, collate_fn=self.collator,
                           num_workers=self.num_workers)

@@ -131,12 +131,16 @@ class ErrorPolicy:
                 raise row
             return to_record(row, columns, where, root, check)
         except RecordError as err:
-            if self.on_error == "raise":
-                raise
-            self.skipped += 1
-            if len(self.examples) < 5:
-                self.examples.append(str(err))
-            return None
+            return self.reject(err)
+
+    def reject(self, err: RecordError) -> None:
+        """Raise ``err`` or count its (already seen) row as skipped."""
+        if self.on_error == "raise":
+            raise err
+        self.skipped += 1
+        if len(self.examples) < 5:
+            self.examples.append(str(err))
+        return None
 
     def finish(self) -> None:
         if not self.skipped:

@@ -114,15 +114,21 @@ class TableSource:
         """Validated records one at a time, in table order."""
         policy = policy or ErrorPolicy(source=self.describe())
         rows, root = self._rows()
-        columns = None
+        columns, negatives = None, None
         for count, (where, row) in enumerate(rows):
             if self.limit is not None and count >= self.limit:
                 break
             if columns is None and isinstance(row, dict):
                 columns = self._columns(row)
             record = policy.convert(row, columns, where, root, self.check_media)
-            if record is not None:
-                yield record
+            if record is None:
+                continue
+            negatives = len(record["negatives"]) if negatives is None else negatives
+            if len(record["negatives"]) != negatives:  # a batch needs one count: fail now, not mid-training
+                policy.reject(RecordError(f"{where}: {len(record['negatives'])} negatives where earlier rows have "
+                                          f"{negatives}; every row of a source needs the same number."))
+                continue
+            yield record
         if policy.seen == 0 or policy.seen == policy.skipped:
             raise RecordError(f"data source {self.name!r} ({self.describe()}) has no usable rows.")
         policy.finish()

@@ -19,6 +19,11 @@ class ClipStyle(LoRA):
         super().__init__(r, alpha, dropout, targets, layers)
         self.train_vision = train_vision
 
+    @property
+    def trains_tower(self) -> bool:
+        """The vision tower trains, so text-only batches leave parameters unused (DDP must know)."""
+        return self.train_vision
+
     def apply(self, embedder) -> None:
         towers = [t for t in embedder.family.towers if t.endswith("visual")]
         if not towers:
