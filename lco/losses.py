@@ -51,9 +51,13 @@ class InfoNCE(nn.Module):
         self.gather = gather
         self.max_log_scale = math.log(max_scale)
 
+    def scale(self) -> torch.Tensor:
+        """1 / temperature as a 0-d tensor: ``exp(log_scale)`` clamped at ``max_scale``."""
+        return self.log_scale.clamp(max=self.max_log_scale).exp()
+
     @property
     def temperature(self) -> float:
-        return float(1.0 / self.log_scale.detach().clamp(max=self.max_log_scale).exp())
+        return float(1.0 / self.scale().detach())
 
     def forward(self, anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor | None = None,
                 gather: bool | None = None):
@@ -61,7 +65,7 @@ class InfoNCE(nn.Module):
         gather = self.gather if gather is None else gather
         rank, _ = world() if gather else (0, 1)
         collect = gather_with_grad if gather else (lambda t: t)
-        scale = self.log_scale.clamp(max=self.max_log_scale).exp()
+        scale = self.scale()
         all_pos = collect(positive)
         candidates = all_pos if negative is None else torch.cat([all_pos, collect(negative)])
         labels = torch.arange(anchor.shape[0], device=anchor.device) + rank * anchor.shape[0]

@@ -36,7 +36,7 @@ class ContrastiveModule(pl.LightningModule):
         method.apply(embedder)
         embedder.train()  # from_pretrained returns eval mode; LoRA dropout must be active while training
         self._val_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self.history: dict[str, list[float]] = {"train/loss": [], "val/r1": [], "val/loss": []}
+        self.history: dict[str, list[torch.Tensor]] = {"train/loss": []}  # detached: no host sync per step
         self._t0 = None
 
     def parameter_counts(self) -> dict[str, int]:
@@ -65,8 +65,8 @@ class ContrastiveModule(pl.LightningModule):
             self._t0 = time.perf_counter()
         loss = self.loss_fn(*self._embed_triplets(batch))
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["anchor"]["input_ids"].shape[0])
-        self.log("train/temperature", self.loss_fn.temperature, batch_size=1)
-        self.history["train/loss"].append(float(loss.detach()))
+        self.log("train/temperature", 1.0 / self.loss_fn.scale().detach(), batch_size=1)
+        self.history["train/loss"].append(loss.detach())
         return loss
 
     def validation_step(self, batch, batch_idx):
@@ -89,7 +89,6 @@ class ContrastiveModule(pl.LightningModule):
         metrics.update(directional_recalls(anchors, positives, a_mod, p_mod))
         for name, value in metrics.items():
             self.log(f"val/{name}", value, sync_dist=True)
-        self.history["val/r1"].append(metrics["r1"])
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from lco.cli import entry
 from lco.config import check_config
 from lco.data.documents import DocumentCollator, SceneDocuments, toy_vocabulary
+from lco.data.synthetic import ATTRIBUTES
 from lco.optim import build_scheduler
 from lco.prompts import Prompter
 
@@ -45,7 +46,9 @@ class GenerativeModule(pl.LightningModule):
         for name, param in self.model.named_parameters():
             param.requires_grad_("audio_tower" not in name)
         self.model.train()
-        self.history: dict[str, list] = {"train/loss": [], "val": []}
+        self.history: dict[str, list] = {"val": []}
+        self.word_ids = {w: tokenizer(w, add_special_tokens=False)["input_ids"][0]  # first token of each word
+                         for values in ATTRIBUTES.values() for w in values}
 
     def _logits(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(logits over the toy vocabulary at labelled positions [M, V], targets [M], row index [M])."""
@@ -60,7 +63,6 @@ class GenerativeModule(pl.LightningModule):
         logits, targets, _ = self._logits(batch)
         loss = F.cross_entropy(logits, targets)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["kind"]))
-        self.history["train/loss"].append(float(loss.detach()))
         return loss
 
     def validation_step(self, batch, batch_idx):
@@ -75,13 +77,12 @@ class GenerativeModule(pl.LightningModule):
             if kinds[r].startswith("summary") and r not in first:
                 first[r] = i
         probs = logits.softmax(-1)
-        tokenizer = getattr(self.backbone.processor, "tokenizer", self.backbone.processor)
         for kind in ("summary_image", "summary_text"):
             masses = []
             for r, i in first.items():
                 if kinds[r] != kind:
                     continue
-                words = [tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in batch["scene"][r].values()]
+                words = [self.word_ids[w] for w in batch["scene"][r].values()]
                 masses.append(probs[i, self.remap[torch.tensor(words, device=logits.device)]].sum())
             if masses:
                 self.log(f"val/{kind.replace('summary', 'summary_mass')}", torch.stack(masses).mean(),

@@ -11,7 +11,7 @@ from rich.table import Table
 
 def print_summary(module, before: dict, after: dict, out: Path, trainer) -> None:
     counts = module.parameter_counts()
-    losses = module.history["train/loss"]
+    losses = [float(loss) for loss in module.history["train/loss"]]
     table = Table(title="lco run summary", show_header=True)
     table.add_column("what")
     table.add_column("before", justify="right")

@@ -32,7 +32,7 @@ def test_short_run_learns_and_touches_only_decoder_lora(tmp_path):
     finally:
         train_mod.ContrastiveModule = original
     module = seen["module"]
-    losses = module.history["train/loss"]
+    losses = [float(loss) for loss in module.history["train/loss"]]
     assert len(losses) == 36
     assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5, losses
     assert metrics["val/r1"] > 0.2
