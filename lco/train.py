@@ -48,7 +48,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     extra = {}
     strategy = cfg.trainer.get("strategy")
-    if getattr(method, "trains_tower", False) and strategy is not None and "DDP" in str(strategy.get("_target_", "")):
+    if method.trains_tower and strategy is not None and "DDP" in str(strategy.get("_target_", "")):
         # a tower gets no gradient from text-only batches: DDP must look for unused parameters
         extra["strategy"] = instantiate(strategy, find_unused_parameters=True)
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **extra)

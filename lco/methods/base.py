@@ -29,6 +29,7 @@ class Method:
     name = "base"
 
     saves_full_model = False  # True: ``save`` writes a whole model folder, loaded as the backbone itself
+    trains_tower = False  # True: a modality tower trains, so text-only batches leave parameters unused (DDP)
 
     def card(self) -> dict:
         return {"method": self.name}
