@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -40,3 +41,39 @@ class SaveEmbedder(pl.Callback):
         pl_module.method.save(embedder, self.dirpath)
         embedder.backbone.processor.save_pretrained(self.dirpath)
         (self.dirpath / "lco_embedding.json").write_text(json.dumps(embedding_card(embedder, pl_module.method), indent=2))
+
+
+class Probe(pl.Callback):
+    """Measures the embedder with ``probe`` (a callable ``embedder -> (metrics, per-query hits)``, e.g.
+    ``lco.evaluation.toyworld.SceneProbe``) when fit starts (the base: LoRA starts as a no-op) and when it
+    ends. Rank 0 writes ``path`` as JSON ``{"probe", "before", "after", "hits_before", "hits_after",
+    "query_scenes"}``, logs ``probe/<metric>`` to the loggers and prints a before/after table of ``show``
+    (default: every metric except the per-layer ones, ``<name>_l<i>``)."""
+
+    def __init__(self, probe, path: str | Path, show: list[str] | tuple[str, ...] = ()):
+        self.probe, self.path, self.show = probe, Path(path), list(show)
+        self.before: tuple[dict, dict] | None = None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            self.before = self.probe(pl_module.embedder)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module) -> None:
+        if not trainer.is_global_zero or self.before is None:
+            return
+        (before, hits_before), (after, hits_after) = self.before, self.probe(pl_module.embedder)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps({
+            "probe": repr(self.probe), "before": before, "after": after, "hits_before": hits_before,
+            "hits_after": hits_after, "query_scenes": getattr(self.probe, "query_scenes", None)}, indent=1))
+        for logger in trainer.loggers:
+            logger.log_metrics({f"probe/{k}": v for k, v in after.items()}, step=trainer.global_step)
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"{self.probe!r}", caption="before -> after training")
+        for column in ("metric", "before", "after", "change"):
+            table.add_column(column, justify="left" if column == "metric" else "right")
+        for key in self.show or [k for k in after if not re.search(r"_l\d+$", k)]:
+            table.add_row(key, f"{before[key]:.3f}", f"{after[key]:.3f}", f"{after[key] - before[key]:+.3f}")
+        Console().print(table)

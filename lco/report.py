@@ -4,6 +4,11 @@ In: a Hydra multirun folder whose job folders each hold ``metrics.json`` (writte
 ``.hydra/overrides.yaml``. Out: ``<sweep>/report.md`` (one row per run: its overrides, every final metric,
 device-hours, trainable parameters) and ``<sweep>/report.png`` (a bar per run for ``--metric``). Overrides shared
 by every run are left out of the labels.
+
+Runs with a probe (``probe.json``, written by ``lco.callbacks.Probe``) add a second part: runs that differ only in
+``seed=`` form one setting; per setting, the probe metrics before and after (means over seeds) and, for each
+retrieval direction, the paired change with its 95% interval and p-value (``lco.analysis.paired``). It goes into
+``report.md``, and ``tradeoff.png`` plots cross-modal change against text-retrieval change, one point per setting.
 """
 
 from __future__ import annotations
@@ -13,6 +18,10 @@ import json
 from pathlib import Path
 
 import yaml
+
+from lco.analysis.paired import paired_change
+
+CROSS = ("i2t_r1", "t2i_r1")
 
 
 def collect(sweep: Path) -> list[dict]:
@@ -32,6 +41,74 @@ def collect(sweep: Path) -> list[dict]:
     for row in rows:  # keep what differs between runs: the swept values
         row["overrides"] = " ".join(o for o in row["overrides"] if o not in shared) or "(none)"
     return rows
+
+
+def settings(sweep: Path) -> dict[str, list[dict]]:
+    """Probe results grouped by setting (the overrides that differ between runs, ``seed=`` left out)."""
+    runs = []
+    for probe_file in sorted(sweep.glob("*/probe.json")):
+        overrides_file = probe_file.parent / ".hydra" / "overrides.yaml"
+        overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
+        runs.append(([o for o in overrides or [] if not o.startswith("seed=")], json.loads(probe_file.read_text())))
+    shared = set.intersection(*(set(o) for o, _ in runs)) if runs else set()
+    groups: dict[str, list[dict]] = {}
+    for overrides, probe in runs:
+        groups.setdefault(" ".join(o for o in overrides if o not in shared) or "(none)", []).append(probe)
+    return groups
+
+
+def probe_table(groups: dict[str, list[dict]]) -> tuple[str, list[dict]]:
+    """Markdown for the probe part of the report, and one summary dict per setting (for the plot)."""
+    lines = ["| setting | seeds | " + " | ".join(f"{d} before -> after (change [95% CI], p)" for d in
+                                              ("i2t_r1", "t2i_r1", "t2t_r1"))
+             + " | alignment | anisotropy img / txt | i2t top caption right on colour / shape / size / position |",
+             "|---|---|---|---|---|---|---|---|"]
+    summary = []
+    for name, probes in groups.items():
+        row = {"setting": name}
+        cells = [name, str(len(probes))]
+        for direction in ("i2t_r1", "t2i_r1", "t2t_r1"):
+            stats = paired_change([p["hits_before"][direction] for p in probes],
+                                  [p["hits_after"][direction] for p in probes], probes[0]["query_scenes"][direction])
+            before = sum(p["before"][direction] for p in probes) / len(probes)
+            row[direction] = stats
+            cells.append(f"{before:.3f} -> {before + stats['change']:.3f} ({stats['change']:+.3f} "
+                         f"[{stats['ci_low']:+.3f}, {stats['ci_high']:+.3f}], p={stats['p']:.3g})")
+        b, a = ({k: sum(p[when].get(k, float("nan")) for p in probes) / len(probes) for k in probes[0][when]}
+                for when in ("before", "after"))
+        cells.append(f"{b['alignment']:.3f} -> {a['alignment']:.3f}")
+        cells.append(f"{b['anisotropy_image']:.2f} / {b['anisotropy_text']:.2f} -> "
+                     f"{a['anisotropy_image']:.2f} / {a['anisotropy_text']:.2f}")
+        attributes = ("colour", "shape", "size", "position")
+        cells.append(" / ".join(f"{b.get(f'i2t_{x}', float('nan')):.2f}" for x in attributes) + " -> "
+                     + " / ".join(f"{a.get(f'i2t_{x}', float('nan')):.2f}" for x in attributes))
+        lines.append("| " + " | ".join(cells) + " |")
+        summary.append(row)
+    return "\n".join(lines) + "\n", summary
+
+
+def tradeoff_plot(summary: list[dict], path: Path) -> None:
+    """Cross-modal R@1 change (i2t, t2i) against text-to-text R@1 change, with 95% intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=False)
+    for ax, direction in zip(axes, CROSS):
+        for row in summary:
+            x, y = row["t2t_r1"], row[direction]
+            ax.errorbar(x["change"], y["change"], xerr=[[x["change"] - x["ci_low"]], [x["ci_high"] - x["change"]]],
+                        yerr=[[y["change"] - y["ci_low"]], [y["ci_high"] - y["change"]]], fmt="o", capsize=2)
+            ax.annotate(row["setting"][:40], (x["change"], y["change"]), fontsize=6, xytext=(3, 3),
+                        textcoords="offset points")
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.axvline(0, color="grey", lw=0.8)
+        ax.set_xlabel("change in t2t R@1 (text retrieval gain)")
+        ax.set_ylabel(f"change in {direction.replace('_r1', ' R@1')}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def markdown(rows: list[dict]) -> str:
@@ -71,7 +148,13 @@ def main(argv: list[str] | None = None) -> Path:
     args = parser.parse_args(argv)
     rows = collect(args.sweep)
     out = args.sweep / "report.md"
-    out.write_text(f"# Sweep {args.sweep.name}\n\n" + markdown(rows))
+    text = f"# Sweep {args.sweep.name}\n\n" + markdown(rows)
+    groups = settings(args.sweep)
+    if groups:
+        table, summary = probe_table(groups)
+        text += "\n## Probe: before -> after, paired over seeds and held-out scenes\n\n" + table
+        tradeoff_plot(summary, args.sweep / "tradeoff.png")
+    out.write_text(text)
     bar_plot(rows, args.metric, args.sweep / "report.png")
     print(out.read_text())
     return out

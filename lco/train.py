@@ -2,7 +2,8 @@
 
 Order matters: config keys and data records are validated before any model weights load, so mistakes
 fail in seconds. Outputs go to the run folder (``paths.output_dir``): ``config.yaml``, ``checkpoints/``,
-``adapter/`` (peft folder + processor + ``lco_embedding.json``), logger files.
+``adapter/`` (peft folder + processor + ``lco_embedding.json``), logger files, and ``probe.json`` when the data
+config has a probe (before/after evaluation, e.g. ``data=toyworld``).
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor
 
+from lco.callbacks import Probe
 from lco.cli import entry
 from lco.config import check_config, check_launch, check_modalities
 from lco.module import ContrastiveModule
 from lco.summary import print_summary, record_cost, write_metrics
-
 
 
 def _instantiate_group(group: DictConfig | None) -> list:
@@ -44,6 +45,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
     datamodule.attach(embedder.encoder)
     loggers = [instantiate(cfg.logger)] if cfg.get("logger") else []
     callbacks = _instantiate_group(cfg.get("callbacks"))
+    out = Path(cfg.paths.output_dir)
+    if datamodule.probe is not None:  # the data's own before/after evaluation (e.g. toy-world held-out scenes)
+        callbacks.append(Probe(datamodule.probe, out / "probe.json"))
     if not loggers:  # logger=none: an LR monitor has nowhere to write (Lightning would refuse to start)
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     extra = {}
@@ -52,7 +56,6 @@ def run(cfg: DictConfig) -> dict[str, float]:
         # a tower gets no gradient from text-only batches: DDP must look for unused parameters
         extra["strategy"] = instantiate(strategy, find_unused_parameters=True)
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **extra)
-    out = Path(cfg.paths.output_dir)
     if trainer.is_global_zero:
         out.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, out / "config.yaml", resolve=True)

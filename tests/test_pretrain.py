@@ -48,7 +48,8 @@ def test_short_pretraining_lowers_caption_loss_and_raises_summary_mass(tmp_path)
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose(config_name="pretrain", overrides=["model=tiny_omni", "steps=60", "val_every=60",
-                                                         "val_documents=64", "batch_size=16", "lr=3e-3"],
+                                                         "val_documents=64", "batch_size=16", "lr=3e-3",
+                                                         "snapshots=[30]"],
                       return_hydra_config=True)
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(tmp_path)
@@ -72,9 +73,33 @@ def test_short_pretraining_lowers_caption_loss_and_raises_summary_mass(tmp_path)
         assert after[f"val/summary_mass_{kind}"] > before[f"val/summary_mass_{kind}"] + 0.05, (before, after)
     model_dir = tmp_path / "model"
     assert (model_dir / "config.json").exists() and (model_dir / "processor_config.json").exists()
+    assert (tmp_path / "model_step30" / "model.safetensors").exists()  # snapshot for the scaling check
     from lco.models.backbone import load_backbone
 
     reloaded = load_backbone("qwen2_5_omni", str(model_dir))  # the folder works as model.path
     vocab = toy_vocabulary(reloaded.tokenizer)
     trained, untrained = reloaded.model.get_output_embeddings().weight, backbone.model.get_output_embeddings().weight
     assert not torch.equal(trained[vocab], untrained[vocab])  # the toy rows moved
+
+
+def test_document_loss_weighs_every_document_once(tiny_backbone):
+    import torch.nn.functional as F
+
+    from lco.pretrain import GenerativeModule
+
+    backbone = tiny_backbone("tiny_omni")
+    rng = random.Random(0)
+    scene = {"colour": "red", "shape": "cube", "size": "small", "position": "left"}
+    docs = [make_document(kind, scene, rng) for kind in ("caption", "summary_text")]
+    batch = DocumentCollator(backbone.processor, Prompter())(docs)
+    module = GenerativeModule(backbone, loss_per="document")
+    module.log = lambda *a, **k: None
+    logits, targets, rows = module._logits(batch)
+    per_doc = [F.cross_entropy(logits[rows == r], targets[rows == r]) for r in (0, 1)]
+    assert torch.allclose(module.training_step(batch, 0), (per_doc[0] + per_doc[1]) / 2, atol=1e-6)
+    module.loss_per = "token"
+    assert torch.allclose(module.training_step(batch, 0), F.cross_entropy(logits, targets), atol=1e-6)
+    import pytest
+
+    with pytest.raises(ValueError, match="loss_per"):
+        GenerativeModule(backbone, loss_per="sentence")

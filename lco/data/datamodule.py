@@ -24,12 +24,14 @@ class TripletDataModule(pl.LightningDataModule):
     """``sources``: name -> source (``TableSource``, ``SceneTriplets``...); ``weights``: name -> share of
     training steps (default: proportional to source size); ``val_source``: a separate validation source, else
     ``val_size`` records are held out (seeded) from the in-memory sources. ``steps_per_epoch``: default
-    total records // global batch; required when a streamed source's size is unknown."""
+    total records // global batch; required when a streamed source's size is unknown. ``probe``: an evaluation
+    (``embedder -> (metrics, per-query hits)``, e.g. the toy world's ``SceneProbe``) that ``lco.train`` runs
+    before and after training through ``lco.callbacks.Probe``."""
 
     def __init__(self, sources: dict, weights: dict | None = None, val_source=None, val_size: int = 256,
                  batch_size: int = 32, val_batch_size: int | None = None, num_workers: int = 0, seed: int = 0,
                  shuffle: bool = True, shuffle_buffer: int = 10_000, steps_per_epoch: int | None = None,
-                 on_error: str = "raise", max_skip_fraction: float = 0.01):
+                 on_error: str = "raise", max_skip_fraction: float = 0.01, probe=None):
         super().__init__()
         if not sources:
             raise RecordError("data.sources is empty: name at least one source.")
@@ -50,6 +52,7 @@ class TripletDataModule(pl.LightningDataModule):
         self.num_workers, self.seed, self.shuffle, self.shuffle_buffer = num_workers, seed, shuffle, shuffle_buffer
         self.steps_per_epoch = steps_per_epoch
         self.on_error, self.max_skip_fraction = on_error, max_skip_fraction
+        self.probe = probe
         self.records: dict[str, list[dict]] | None = None  # in-memory sources
         self.val_records: list[dict] = []
         self.collator: TripletCollator | None = None

@@ -5,7 +5,8 @@ scene with two different caption templates (paraphrases); the hard negative desc
 exactly one attribute, so a model must read every attribute to rank the positive first. With
 ``image_fraction > 0`` that share of anchors is a rendered 112x112 PNG of the scene instead of a caption
 (8x8 patches of 14 pixels -> 16 merged Qwen vision tokens). ``split="train"`` / ``"test"`` draws only from
-the training / held-out fifth of the 320 attribute combinations (``held_out``).
+the training / held-out fifth of the 320 attribute combinations (``held_out``). ``templates=k`` writes captions
+with only the first k templates (less diverse text; k >= 2 so that anchor and positive differ).
 """
 
 from __future__ import annotations
@@ -78,12 +79,15 @@ class SceneTriplets:
     (default: the lco cache). Same interface as ``TableSource`` (``load``, ``stream``, ``describe``)."""
 
     def __init__(self, n: int = 2048, seed: int = 0, name: str = "scenes", image_fraction: float = 0.0,
-                 image_dir: str | None = None, split: str = "all"):
+                 image_dir: str | None = None, split: str = "all", templates: int = len(TEMPLATES)):
+        if not 2 <= templates <= len(TEMPLATES):
+            raise ValueError(f"templates={templates}: use 2 to {len(TEMPLATES)} caption templates")
         self.n, self.seed, self.name, self.image_fraction = n, seed, name, image_fraction
-        self.image_dir, self.split = image_dir, split
+        self.image_dir, self.split, self.templates = image_dir, split, TEMPLATES[:templates]
 
     def describe(self) -> str:
-        return f"{self.name}(n={self.n}, seed={self.seed}, image_fraction={self.image_fraction}, split={self.split})"
+        return (f"{self.name}(n={self.n}, seed={self.seed}, image_fraction={self.image_fraction}, split={self.split}, "
+                f"templates={len(self.templates)})")
 
     @property
     def num_rows(self) -> int:
@@ -98,8 +102,8 @@ class SceneTriplets:
             scene = random_scene(rng, self.split)
             changed = rng.choice(sorted(ATTRIBUTES))
             other = dict(scene, **{changed: rng.choice([v for v in ATTRIBUTES[changed] if v != scene[changed]])})
-            t_anchor, t_pos = rng.sample(TEMPLATES, 2)
-            t_neg = rng.choice(TEMPLATES)
+            t_anchor, t_pos = rng.sample(self.templates, 2)
+            t_neg = rng.choice(self.templates)
             as_image = rng.random() < self.image_fraction
             anchor = {"image": self._image_path(scene)} if as_image else {"text": caption(scene, t_anchor)}
             yield {

@@ -3,7 +3,9 @@
 ``materialize("tiny_omni")`` writes an ordinary HF folder (config, safetensors weights, tokenizer, processor,
 chat template) under the lco cache, built deterministically from a seed, and returns its path. lco then loads
 it with the same ``from_pretrained`` code as a real checkpoint, so tests exercise the user's code path.
-The hub id ``lco-tiny/<name>`` in ``model.path`` refers to these folders.
+The hub id ``lco-tiny/<name>`` in ``model.path`` refers to these folders. ``toy_omni_pretrained`` is the toy
+world's generatively pretrained thinker (``python -m lco.pretrain``), rebuilt from ``toy_omni`` plus the packed
+weights shipped in ``lco/assets`` (``lco.models.delta``).
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ TINY_SPECS: dict[str, tuple[str, str, dict]] = {
     }),
 }
 _FORMAT_VERSION = 2
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+# name -> (tiny twin it was trained from, its trained weights packed by lco.models.delta, shipped in lco/assets)
+PRETRAINED: dict[str, tuple[str, str]] = {"toy_omni_pretrained": ("toy_omni", "toy_omni_pretrained.safetensors")}
 
 
 def cache_root() -> Path:
@@ -108,26 +113,32 @@ def _fingerprint(name: str) -> str:
     return hashlib.sha256(payload).hexdigest()[:12]
 
 
+def _pretrained_fingerprint(name: str) -> str:
+    from safetensors import safe_open
+
+    with safe_open(str(ASSETS / PRETRAINED[name][1]), framework="pt") as handle:
+        return (handle.metadata() or {}).get("sha256", "unknown")[:12]
+
+
 def materialize(name: str, seed: int = 0) -> Path:
-    """Write (once) and return the HF folder of tiny twin ``name``; atomic, so parallel callers are safe."""
-    if name not in TINY_SPECS:
-        raise ValueError(f"unknown tiny model {name!r}; choose one of {sorted(TINY_SPECS)}")
-    target = cache_root() / "tiny" / f"{name}-{_fingerprint(name)}-seed{seed}"
+    """Write (once) and return the HF folder of tiny twin ``name``; atomic, so parallel callers are safe.
+    A name in ``PRETRAINED`` is its base twin (``seed``) with the shipped trained weights written in."""
+    if name not in TINY_SPECS and name not in PRETRAINED:
+        raise ValueError(f"unknown tiny model {name!r}; choose one of {sorted(TINY_SPECS) + sorted(PRETRAINED)}")
+    fingerprint = _pretrained_fingerprint(name) if name in PRETRAINED else _fingerprint(name)
+    target = cache_root() / "tiny" / f"{name}-{fingerprint}-seed{seed}"
     if (target / "config.json").exists():
         return target
-    import transformers
-
-    from lco.models.families import get_family
-
-    family = get_family(TINY_SPECS[name][0])
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}-"))
     try:
-        cls = getattr(transformers, "Qwen2ForCausalLM" if family.name == "qwen2" else family.model_class)
-        with torch.random.fork_rng(devices=[]):  # leave the caller's RNG stream as if the cache had existed
-            torch.manual_seed(seed)
-            cls(build_config(name)).save_pretrained(tmp)
-        build_processor(name).save_pretrained(tmp)
+        if name in PRETRAINED:
+            from lco.models.delta import unpack
+
+            base, weights = PRETRAINED[name]
+            unpack(ASSETS / weights, materialize(base, seed), tmp)
+        else:
+            _build(name, seed, tmp)
         try:
             os.rename(tmp, target)
         except OSError:  # another process won the race; its folder is identical
@@ -136,3 +147,16 @@ def materialize(name: str, seed: int = 0) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def _build(name: str, seed: int, folder: Path) -> None:
+    import transformers
+
+    from lco.models.families import get_family
+
+    family = get_family(TINY_SPECS[name][0])
+    cls = getattr(transformers, "Qwen2ForCausalLM" if family.name == "qwen2" else family.model_class)
+    with torch.random.fork_rng(devices=[]):  # leave the caller's RNG stream as if the cache had existed
+        torch.manual_seed(seed)
+        cls(build_config(name)).save_pretrained(folder)
+    build_processor(name).save_pretrained(folder)

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Regenerates every run of the toy-world study (experiments/toyworld/README.md) and its reports.
+#   bash experiments/toyworld/sweep.sh [lightness|controls|methods|scaling ...]   (default: all four)
+# Env: PY (python, default .venv/bin/python), OUT (default logs/toyworld), SEEDS (default 0,1,2),
+#      JOBS (Hydra multiruns run side by side, default 2, each with one thread),
+#      SNAPSHOTS (scaling: a `python -m lco.pretrain ... snapshots=[...]` run folder).
+# lightness starts from the reference recipe (~tuned); controls, methods and scaling use the stage this study
+# chose, conf/tuned/toyworld.yaml, which lco applies whenever data=toyworld.
+set -euo pipefail
+export PY=${PY:-.venv/bin/python} OUT=${OUT:-logs/toyworld} SEEDS=${SEEDS:-0,1,2} OMP_NUM_THREADS=1
+JOBS=${JOBS:-2}
+
+# one Hydra multirun into $OUT/<dir>, job folders named by their overrides (so calls can share a sweep folder;
+# a later hydra.sweep.subdir=... in the arguments wins)
+sweep() {
+  local dir=$1; shift
+  "$PY" -m lco.train -m "seed=$SEEDS" logger=none callbacks.model_checkpoint=null \
+    hydra.sweep.dir="$OUT/$dir" 'hydra.sweep.subdir=${hydra.job.override_dirname}' "$@"
+}
+export -f sweep
+
+# run "sweep <dir> <overrides line>" for each line on stdin, JOBS at a time
+sweeps() {
+  xargs -d '\n' -P "$JOBS" -I{} bash -c "set -f; sweep $1 experiment=toyworld {}"
+}
+
+lightness() {  # one factor at a time around the reference stage: lr 4e-4, r 64, T 0.03, all layers, 64 steps
+  sweeps lightness <<'LINES'
+~tuned
+~tuned optim.optimizer.lr=1e-4,3e-5
+~tuned data.sources.scenes.n=256,2048
+~tuned method.r=4 method.alpha=8
+~tuned method.r=16 method.alpha=32
+~tuned method.layers=[2,3],[0,1]
+~tuned loss.temperature=0.1,0.01
+~tuned data.sources.scenes.templates=2
+LINES
+  "$PY" -m lco.report "$OUT/lightness"
+}
+
+controls() {  # the chosen stage, the image-text positive control and the random-init control, same budget
+  sweeps controls <<'LINES'
+experiment=toyworld
+experiment=toyworld_positive
+experiment=toyworld_random
+LINES
+  "$PY" -m lco.report "$OUT/controls"
+}
+
+methods() {  # the four methods of the paper's ablation, in miniature, at the chosen stage
+  sweeps methods <<'LINES'
+method=lora
+method=full
+method=linear_probe
+method=clip
+LINES
+  "$PY" -m lco.report "$OUT/methods"
+}
+
+scaling() {  # the chosen stage on pretraining snapshots of rising generative quality
+  local p
+  for p in "$SNAPSHOTS"/model_step* "$SNAPSHOTS"/model; do  # paths hold '/': name job folders by snapshot
+    echo "model.path=$p hydra.sweep.subdir=$(basename "$p")_\\\${hydra.job.num}"
+  done | sweeps scaling
+  "$PY" -m lco.report "$OUT/scaling"
+}
+
+for stage in ${@:-lightness controls methods scaling}; do "$stage"; done
