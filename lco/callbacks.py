@@ -1,4 +1,5 @@
-"""lco's Lightning callbacks: write the trained embedder as portable HF/peft folders."""
+"""lco's Lightning callbacks: write the trained embedder as portable HF/peft folders (``SaveEmbedder``); measure
+it before and after training with the data's probe (``Probe``)."""
 
 from __future__ import annotations
 

@@ -65,15 +65,15 @@ def check_config(cfg: DictConfig) -> None:
                           + "\nFix the keys above (command line or conf/ files); nothing was loaded.")
 
 
-def check_modalities(data_modalities: set[str], family_name: str, model_path: str) -> None:
-    """Fail before loading weights when the data has a modality the backbone has no tower for."""
+def check_modalities(data_modalities: set[str], family_name: str, model_path: str, what: str = "the data") -> None:
+    """Fail before loading weights when the data (or ``what``) has a modality the backbone has no tower for."""
     from lco.models.families import get_family
 
     family = get_family(family_name)
     missing = sorted(set(data_modalities) - set(family.modalities))
     if missing:
         raise ConfigError(
-            f"the data has {', '.join(missing)} items but model.family={family_name} ({model_path}) handles only "
+            f"{what} has {', '.join(missing)} items but model.family={family_name} ({model_path}) handles only "
             f"{', '.join(family.modalities)}. Pick a model with that tower (model=qwen_omni or tiny_omni for audio) "
             "or drop those sources."
         )

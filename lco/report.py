@@ -94,19 +94,21 @@ def tradeoff_plot(summary: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=False)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5 + 0.18 * len(summary)))
+    markers = "osD^v<>phX*"
     for ax, direction in zip(axes, CROSS):
-        for row in summary:
+        for i, row in enumerate(summary):
             x, y = row["t2t_r1"], row[direction]
             ax.errorbar(x["change"], y["change"], xerr=[[x["change"] - x["ci_low"]], [x["ci_high"] - x["change"]]],
-                        yerr=[[y["change"] - y["ci_low"]], [y["ci_high"] - y["change"]]], fmt="o", capsize=2)
-            ax.annotate(row["setting"][:40], (x["change"], y["change"]), fontsize=6, xytext=(3, 3),
-                        textcoords="offset points")
+                        yerr=[[y["change"] - y["ci_low"]], [y["ci_high"] - y["change"]]], fmt=markers[i % 11],
+                        capsize=2, alpha=0.8, label=row["setting"])
         ax.axhline(0, color="grey", lw=0.8)
         ax.axvline(0, color="grey", lw=0.8)
         ax.set_xlabel("change in t2t R@1 (text retrieval gain)")
         ax.set_ylabel(f"change in {direction.replace('_r1', ' R@1')}")
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=7, frameon=False)
+    fig.subplots_adjust(bottom=0.12 + 0.035 * ((len(summary) + 1) // 2), wspace=0.3)
     fig.savefig(path, dpi=120)
     plt.close(fig)
 

@@ -35,6 +35,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
     datamodule = instantiate(cfg.data)
     datamodule.load()  # bad data fails here, before the model loads
     check_modalities(datamodule.modalities(), cfg.model.family, cfg.model.path)
+    if datamodule.probe is not None:
+        check_modalities(set(getattr(datamodule.probe, "modalities", ())), cfg.model.family, cfg.model.path,
+                         what="data.probe (set data.probe=null to train without it)")
     backbone = instantiate(cfg.model)
     embedder = instantiate(cfg.embed)(backbone)
     method = instantiate(cfg.method)

@@ -122,7 +122,7 @@ def test_lightning_checkpoints_the_loader_position(tmp_path):
 
     cfg = compose_train(tmp_path, ["trainer.max_steps=5", "callbacks.model_checkpoint.every_n_train_steps=3",
                                    "validate_before=false", "logger=none", "data.sources.scenes.n=256",
-                                   "data.batch_size=8", "model=tiny_text"])
+                                   "data.batch_size=8", "model=tiny_text", "data=scenes"])
     run(cfg)
     ckpt = torch.load(tmp_path / "checkpoints" / "step000003.ckpt", weights_only=False)
     assert ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 0, "step": 3}]

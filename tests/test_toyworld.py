@@ -145,3 +145,14 @@ def test_default_run_is_the_toy_lco_stage(tmp_path):
     assert after != before and all(0 <= after[d] <= 1 for d in ("i2t_r1", "t2i_r1", "t2t_r1"))
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["method"] == "lora" and (tmp_path / "adapter" / "adapter_config.json").exists()
+
+
+def test_probe_needing_images_fails_on_a_text_model_before_it_loads(tmp_path):
+    from lco.config import ConfigError
+    from lco.train import run
+    from tests.conftest import compose_train
+
+    cfg = compose_train(tmp_path, ["model=tiny_text", "logger=none"])
+    with pytest.raises(ConfigError, match=r"data.probe \(set data.probe=null"):
+        run(cfg)
+    assert not (tmp_path / "config.yaml").exists()  # nothing ran

@@ -14,7 +14,7 @@ from tests.conftest import compose_train
 
 def test_short_run_learns_and_touches_only_decoder_lora(tmp_path):
     base = load_backbone("qwen2_5_omni", "lco-tiny/tiny_omni").model.state_dict()
-    cfg = compose_train(tmp_path, ["data.sources.scenes.n=640", "data.val_size=64", "data.batch_size=16", "trainer.max_epochs=1",
+    cfg = compose_train(tmp_path, ["model=tiny_omni", "data=scenes", "data.sources.scenes.n=640", "data.val_size=64", "data.batch_size=16", "trainer.max_epochs=1",
                                    "optim.scheduler.warmup_steps=5", "logger=none", "validate_before=true"])
     from lco import train as train_mod
 
@@ -97,7 +97,7 @@ def test_wandb_offline_writes_a_local_run(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     cfg = compose_train(tmp_path, ["logger=wandb", "logger.mode=offline", "model=tiny_text", "debug=limit",
-                                   "data.sources.scenes.n=128", "data.batch_size=8", "validate_before=false"])
+                                   "data=scenes", "data.sources.scenes.n=128", "data.batch_size=8", "validate_before=false"])
     metrics = run(cfg)
     runs = list(tmp_path.rglob("offline-run-*"))
     assert runs and metrics["train/loss"] > 0

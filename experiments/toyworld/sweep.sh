@@ -38,21 +38,31 @@ LINES
   "$PY" -m lco.report "$OUT/lightness"
 }
 
-controls() {  # the chosen stage, the image-text positive control and the random-init control, same budget
+controls() {  # the chosen stage, the image-text positive control and the random-init control, same budget;
+  # then the positive control at the reference budget (64 steps) and at 128 steps
   sweeps controls <<'LINES'
 experiment=toyworld
 experiment=toyworld_positive
 experiment=toyworld_random
+experiment=toyworld_positive ~tuned
+experiment=toyworld_positive ~tuned data.sources.scenes.n=2048
 LINES
   "$PY" -m lco.report "$OUT/controls"
+  # in distribution: the same 128-step stages scored on the 267 training combinations instead of held-out ones
+  sweeps controls_train_scenes <<'LINES'
+~tuned data.sources.scenes.n=2048 data.probe.split=train
+experiment=toyworld_positive ~tuned data.sources.scenes.n=2048 data.probe.split=train
+LINES
+  "$PY" -m lco.report "$OUT/controls_train_scenes"
 }
 
-methods() {  # the four methods of the paper's ablation, in miniature, at the chosen stage
+methods() {  # the four methods of the paper's ablation, in miniature, at the chosen stage; CLIP-style trains on
+  # image-text pairs (the paper's ~800K-pair multimodal CL), the others on text
   sweeps methods <<'LINES'
 method=lora
 method=full
 method=linear_probe
-method=clip
+experiment=toyworld_positive method=clip
 LINES
   "$PY" -m lco.report "$OUT/methods"
 }

@@ -48,6 +48,8 @@ def _top1_hits(queries: torch.Tensor, corpus: torch.Tensor, query_ids: torch.Ten
 
 
 class SceneProbe:
+    modalities = ("image", "text")  # checked against the backbone before it loads
+
     def __init__(self, split: str = "test", k: int = 5, batch_size: int = 32, image_dir: str | None = None):
         self.scenes = split_scenes(split)
         self.split, self.k, self.batch_size = split, k, batch_size
