@@ -46,8 +46,8 @@ class SaveEmbedder(pl.Callback):
 
 class Probe(pl.Callback):
     """Measures the embedder with ``probe`` (a callable ``embedder -> (metrics, per-query hits)``, e.g.
-    ``lco.evaluation.toyworld.SceneProbe``) when fit starts (the base: LoRA starts as a no-op) and when it
-    ends. Rank 0 writes ``path`` as JSON ``{"probe", "before", "after", "hits_before", "hits_after",
+    ``lco.evaluation.toyworld.SceneProbe``) when fit starts (the base, as LoRA starts as a no-op; with
+    ``ckpt_path`` the resumed model) and when training ends, while the model is still on its training device. Rank 0 writes ``path`` as JSON ``{"probe", "before", "after", "hits_before", "hits_after",
     "query_scenes"}``, logs ``probe/<metric>`` to the loggers and prints a before/after table of ``show``
     (default: every metric except the per-layer ones, ``<name>_l<i>``)."""
 
@@ -59,7 +59,7 @@ class Probe(pl.Callback):
         if trainer.is_global_zero:
             self.before = self.probe(pl_module.embedder)
 
-    def on_fit_end(self, trainer: pl.Trainer, pl_module) -> None:
+    def on_train_end(self, trainer: pl.Trainer, pl_module) -> None:
         if not trainer.is_global_zero or self.before is None:
             return
         (before, hits_before), (after, hits_after) = self.before, self.probe(pl_module.embedder)

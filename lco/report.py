@@ -73,7 +73,8 @@ def probe_table(groups: dict[str, list[dict]]) -> tuple[str, list[dict]]:
             before = sum(p["before"][direction] for p in probes) / len(probes)
             row[direction] = stats
             cells.append(f"{before:.3f} -> {before + stats['change']:.3f} ({stats['change']:+.3f} "
-                         f"[{stats['ci_low']:+.3f}, {stats['ci_high']:+.3f}], p={stats['p']:.3g})")
+                         f"[{stats['ci_low']:+.3f}, {stats['ci_high']:+.3f}], p={stats['p']:.3g}, "
+                         f"{stats['scenes_changed']} scenes changed)")
         b, a = ({k: sum(p[when].get(k, float("nan")) for p in probes) / len(probes) for k in probes[0][when]}
                 for when in ("before", "after"))
         cells.append(f"{b['alignment']:.3f} -> {a['alignment']:.3f}")

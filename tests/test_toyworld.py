@@ -24,6 +24,7 @@ def test_paired_change_known_answers():
     half[0, :30] = 1  # 10 of 20 scenes improve fully
     stats = paired_change(np.zeros((1, 60)), half, scenes)
     assert stats["change"] == 0.5 and stats["ci_low"] < 0.5 < stats["ci_high"] and stats["seeds"] == 1
+    assert stats["scenes_changed"] == 10 and unchanged["scenes_changed"] == 0
     with pytest.raises(ValueError, match="same runs and queries"):
         paired_change(np.zeros((2, 60)), np.zeros((3, 60)), scenes)
 
@@ -90,8 +91,12 @@ def test_packed_model_unpacks_exactly_and_fails_clearly(tmp_path, tiny_backbone)
     rebuilt = load_file(str(out / "model.safetensors"))
     assert all(torch.equal(rebuilt[k], state[k]) for k in state)
     assert (out / "config.json").exists() and (out / "tokenizer.json").exists()
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "delta.safetensors"), framework="pt") as handle:
+        metadata = handle.metadata()  # the real SHA-256 and table shapes
     delta[f"{embed}@values"][0, 0] += 1  # corrupt one number
-    save_file(delta, str(tmp_path / "bad.safetensors"), metadata={"sha256": "0" * 64, "format": "lco-delta-1"})
+    save_file(delta, str(tmp_path / "bad.safetensors"), metadata=metadata)
     with pytest.raises(ValueError, match="corrupt"):
         unpack(tmp_path / "bad.safetensors", base, tmp_path / "never")
     with pytest.raises(ValueError, match="does not fit the base model"):

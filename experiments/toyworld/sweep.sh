@@ -19,9 +19,10 @@ sweep() {
 }
 export -f sweep
 
-# run "sweep <dir> <overrides line>" for each line on stdin, JOBS at a time
+# run "sweep <dir> experiment=toyworld <overrides of the line>" for each line on stdin, JOBS at a time; a line is
+# split on spaces only (no globbing, no tilde or $ expansion)
 sweeps() {
-  xargs -d '\n' -P "$JOBS" -I{} bash -c "set -f; sweep $1 experiment=toyworld {}"
+  xargs -d '\n' -P "$JOBS" -I{} bash -c 'set -f; sweep "$1" experiment=toyworld $2' _ "$1" {}
 }
 
 lightness() {  # one factor at a time around the reference stage: lr 4e-4, r 64, T 0.03, all layers, 64 steps
@@ -70,9 +71,14 @@ LINES
 scaling() {  # the chosen stage on pretraining snapshots of rising generative quality
   local p
   for p in "$SNAPSHOTS"/model_step* "$SNAPSHOTS"/model; do  # paths hold '/': name job folders by snapshot
-    echo "model.path=$p hydra.sweep.subdir=$(basename "$p")_\\\${hydra.job.num}"
+    echo "model.path=$p hydra.sweep.subdir=$(basename "$p")_\${hydra.job.num}"
   done | sweeps scaling
   "$PY" -m lco.report "$OUT/scaling"
 }
 
-for stage in ${@:-lightness controls methods scaling}; do "$stage"; done
+stages=${*:-lightness controls methods scaling}
+if [[ " $stages " == *" scaling "* && ! -d "${SNAPSHOTS:-}/model" ]]; then
+  echo "sweep.sh: scaling needs SNAPSHOTS=<a python -m lco.pretrain run folder with model/ and model_step*/>" >&2
+  exit 2
+fi
+for stage in $stages; do "$stage"; done

@@ -7,14 +7,18 @@ Unchanged rows belong to tokens the toy world never uses; on unpacking they come
 
 - ``pack(model_dir, base_dir, out_file)``: writes a safetensors file holding each tensor of ``model_dir``, as
   ``<name>`` or, for a 2-D tensor with fewer than half its rows changed from ``base_dir``, as ``<name>@rows``
-  (int64 indices) and ``<name>@values``; the metadata records the SHA-256 of what is stored.
+  (int64 indices) and ``<name>@values``; the metadata records the SHA-256 of what is stored, and the full shape of
+  each row-packed table.
 - ``unpack(delta_file, base_dir, out_dir)``: base folder with these tensors written in -> an HF folder. A corrupt
-  file or a base of another architecture fails with a message.
+  file, or a base of another architecture (tensor names, full shapes, dtypes), fails with a message. The base's
+  untouched rows are deliberately not hashed: they only need to exist, so a transformers release with another
+  init order still rebuilds the same toy-world model.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -28,8 +32,8 @@ WEIGHTS = "model.safetensors"
 def state_hash(state: dict[str, torch.Tensor]) -> str:
     digest = hashlib.sha256()
     for name in sorted(state):
-        tensor = state[name].contiguous()
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        tensor = state[name].contiguous().reshape(-1)
+        digest.update(f"{name}:{tensor.dtype}:{tuple(state[name].shape)}".encode())
         digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
 
@@ -39,24 +43,27 @@ def pack(model_dir: str | Path, base_dir: str | Path, out_file: str | Path) -> d
     trained, base = load_file(str(Path(model_dir) / WEIGHTS)), load_file(str(Path(base_dir) / WEIGHTS))
     if set(trained) != set(base):
         raise ValueError(f"{model_dir} and {base_dir} hold different tensor names: not the same architecture")
-    delta, row_tensors = {}, 0
+    delta, row_tensors, tables = {}, 0, {}
     for name, tensor in trained.items():
         if tensor.dim() == 2 and tensor.shape == base[name].shape:
             rows = (tensor != base[name]).any(dim=1).nonzero().flatten()
             if len(rows) < tensor.shape[0] // 2:
                 delta[f"{name}@rows"], delta[f"{name}@values"] = rows, tensor[rows].contiguous()
+                tables[name] = list(tensor.shape)
                 row_tensors += 1
                 continue
         delta[name] = tensor.contiguous()
     Path(out_file).parent.mkdir(parents=True, exist_ok=True)
-    save_file(delta, str(out_file), metadata={"sha256": state_hash(delta), "format": "lco-delta-1"})
+    save_file(delta, str(out_file), metadata={"sha256": state_hash(delta), "format": "lco-delta-1",
+                                              "row_tables": json.dumps(tables)})
     return {"tensors": len(delta) - 2 * row_tensors, "row_tensors": row_tensors, "bytes": Path(out_file).stat().st_size}
 
 
 def unpack(delta_file: str | Path, base_dir: str | Path, out_dir: str | Path) -> Path:
     """Writes ``out_dir`` (every file of ``base_dir``, weights replaced) and returns it."""
     with safe_open(str(delta_file), framework="pt") as handle:
-        expected = (handle.metadata() or {}).get("sha256")
+        metadata = handle.metadata() or {}
+    expected, tables = metadata.get("sha256"), json.loads(metadata.get("row_tables", "{}"))
     delta, state = load_file(str(delta_file)), load_file(str(Path(base_dir) / WEIGHTS))
     if state_hash(delta) != expected:
         raise ValueError(f"{delta_file} is corrupt (its SHA-256 does not match the one recorded when it was "
@@ -68,10 +75,12 @@ def unpack(delta_file: str | Path, base_dir: str | Path, out_dir: str | Path) ->
     for key, tensor in delta.items():
         name, _, part = key.partition("@")
         target = state.get(name)
-        shape = delta[f"{name}@values"].shape[1:] if part else tensor.shape
-        if target is None or (target.shape[1:] if part else target.shape) != shape:
-            raise ValueError(f"{delta_file}: tensor {name!r} {tuple(shape)} does not fit the base model "
-                             f"{base_dir} ({None if target is None else tuple(target.shape)}): wrong base architecture.")
+        values = delta[f"{name}@values"] if part else tensor
+        shape = tuple(tables.get(name, ())) if part else tuple(tensor.shape)
+        if target is None or tuple(target.shape) != shape or target.dtype != values.dtype:
+            raise ValueError(f"{delta_file}: tensor {name!r} {shape} {values.dtype} does not fit the base model "
+                             f"{base_dir} ({None if target is None else (tuple(target.shape), target.dtype)}): "
+                             "wrong base architecture or dtype.")
         if part == "rows":
             target[tensor] = delta[f"{name}@values"]
         elif not part:
