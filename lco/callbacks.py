@@ -47,7 +47,8 @@ class SaveEmbedder(pl.Callback):
 class Probe(pl.Callback):
     """Measures the embedder with ``probe`` (a callable ``embedder -> (metrics, per-query hits)``, e.g.
     ``lco.evaluation.toyworld.SceneProbe``) when fit starts (the base, as LoRA starts as a no-op; with
-    ``ckpt_path`` the resumed model) and when training ends, while the model is still on its training device. Rank 0 writes ``path`` as JSON ``{"probe", "before", "after", "hits_before", "hits_after",
+    ``ckpt_path`` the resumed model) and when training ends, while the model is still on its training device.
+    Rank 0 writes ``path`` as JSON ``{"probe", "before", "after", "hits_before", "hits_after",
     "query_scenes"}``, logs ``probe/<metric>`` to the loggers and prints a before/after table of ``show``
     (default: every metric except the per-layer ones, ``<name>_l<i>``)."""
 
