@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 PYTEST_ARGS ?= -n 2 --timeout 600
 
-.PHONY: install train test test-slow clean
+.PHONY: install train test test-slow bench clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -25,6 +25,9 @@ test: install
 
 test-slow: install
 	$(PY) -m pytest $(PYTEST_ARGS) -m slow
+
+bench: install        # writes experiments/bench/results.md and results.json on this machine
+	$(PY) -m lco.bench $(ARGS)
 
 clean:
 	rm -rf logs outputs multirun .pytest_cache

@@ -22,11 +22,11 @@ torch.set_num_threads(1)
 TINY_FAMILIES = {"tiny_text": "qwen2", "tiny_vl": "qwen2_5_vl", "tiny_omni": "qwen2_5_omni"}
 
 
-def compose_train(tmp_path, overrides: list[str] = ()):
-    """conf/train.yaml composed as `python -m lco.train` would, with outputs under ``tmp_path``."""
+def compose_train(tmp_path, overrides: list[str] = (), config_name: str = "train"):
+    """conf/<config_name>.yaml composed as `python -m lco.<entry>` would, with outputs under ``tmp_path``."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=list(overrides), return_hydra_config=True)
+        cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(tmp_path)
         cfg.hydra.job.num = 0

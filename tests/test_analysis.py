@@ -58,22 +58,7 @@ def test_load_embedder_reproduces_the_run_and_analyze_writes_files(tmp_path):
     items = ["A small red cube is at the left.", {"image": str(next(iter(_scene_images())))}]
     assert torch.allclose(loaded.encode(items), again.encode(items))
 
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
-    from lco.cli import CONF_DIR
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="analyze", overrides=[f"checkpoints=[{adapter}]", "pairs.n=64"],
-                      return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(tmp_path / "analysis")
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
+    cfg = compose_train(tmp_path / "analysis", [f"checkpoints=[{adapter}]", "pairs.n=64"], config_name="analyze")
     rows = analyze(cfg)
     assert [(r["checkpoint"], r["layer"]) for r in rows] == [("base", 0), ("base", 1), ("base", 2),
                                                                (str(adapter), 0), (str(adapter), 1), (str(adapter), 2)]

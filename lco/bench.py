@@ -1,0 +1,159 @@
+"""``python -m lco.bench`` (``make bench``): speed benchmarks, written to ``experiments/bench/results.{md,json}``.
+
+Part (a), lco against the floor: the same model, LoRA, InfoNCE, AdamW with its schedule, and the same
+pre-collated batches, trained once through lco (``ContrastiveModule`` under a Lightning ``Trainer`` with the
+Rich progress bar, as ``lco.train`` builds it) and once through a hand-written PyTorch loop doing the same
+forward, backward and optimizer work. A step is the wall time from one batch's start to the next's (lco: between
+``on_train_batch_start`` calls; plain: one loop iteration). Reported: the median step after ``warmup`` steps, per
+round (rounds alternate plain, lco), and the ratio lco / plain (issue 7's goal: <= 1.05). Both paths start from
+the same seed and reach the same weights (``tests/test_bench.py``), so the comparison is like for like.
+The other parts of issue 7 (sentence-transformers, memory with GradCache, encode throughput) are not here yet.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from functools import partial
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import RichProgressBar
+from torch.utils.data import DataLoader
+
+from lco.cli import entry
+from lco.config import check_config
+from lco.data.collate import TripletCollator
+from lco.module import ContrastiveModule
+from lco.optim import build_scheduler
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _move(batch: dict, device: torch.device) -> dict:
+    return {k: ({n: t.to(device) for n, t in v.items()} if isinstance(v, dict) and k != "modality" else v)
+            for k, v in batch.items()}
+
+
+def build(cfg: DictConfig):
+    """A fresh (embedder, method, loss), identical for every call with the same ``cfg.seed``; the caller applies
+    the method (``ContrastiveModule`` does it itself), so both paths draw the same LoRA init."""
+    pl.seed_everything(cfg.seed, verbose=False)
+    embedder = instantiate(cfg.embed)(instantiate(cfg.model))
+    return embedder, instantiate(cfg.method), instantiate(cfg.loss)
+
+
+def make_batches(cfg: DictConfig, embedder) -> list[dict]:
+    records = instantiate(cfg.source, n=cfg.batch_size * cfg.steps).load()
+    collate = TripletCollator(embedder.encoder)
+    return [collate(records[i: i + cfg.batch_size]) for i in range(0, len(records), cfg.batch_size)]
+
+
+def plain_loop(embedder, method, loss_fn, batches: list[dict], cfg: DictConfig,
+               device: torch.device) -> list[float]:
+    """The floor: seconds per step of a hand-written loop (embed three sides, loss, backward, step, schedule)."""
+    method.apply(embedder)
+    embedder.to(device).train()
+    loss_fn.to(device)
+    params = [p for p in embedder.parameters() if p.requires_grad] + [p for p in loss_fn.parameters()
+                                                                          if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr)
+    scheduler = build_scheduler(optimizer, len(batches), "linear", cfg.warmup_steps)
+    times = []
+    for batch in batches:
+        start = time.perf_counter()
+        batch = _move(batch, device)
+        negative = embedder(batch["negative"]) if batch["negative"] is not None else None
+        loss = loss_fn(embedder(batch["anchor"]), embedder(batch["positive"]), negative)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+class StepTimer(pl.Callback):
+    """Wall seconds between consecutive ``on_train_batch_start`` calls, and after the last step."""
+
+    def __init__(self):
+        self.starts: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        _sync(pl_module.device)
+        self.starts.append(time.perf_counter())
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if batch_idx == trainer.num_training_batches - 1:
+            _sync(pl_module.device)
+            self.starts.append(time.perf_counter())
+
+    @property
+    def times(self) -> list[float]:
+        return [b - a for a, b in zip(self.starts, self.starts[1:])]
+
+
+def lco_loop(embedder, method, loss_fn, batches: list[dict], cfg: DictConfig, accelerator: str) -> list[float]:
+    module = ContrastiveModule(embedder, method=method, loss=loss_fn,
+                               optimizer=partial(torch.optim.AdamW, lr=cfg.lr),
+                               scheduler={"name": "linear", "warmup_steps": cfg.warmup_steps},
+                               gradient_checkpointing=False)
+    timer = StepTimer()
+    trainer = pl.Trainer(accelerator=accelerator, devices=1, max_steps=len(batches), logger=False,
+                         enable_checkpointing=False, callbacks=[timer, RichProgressBar()], limit_val_batches=0,
+                         num_sanity_val_steps=0, enable_model_summary=False)
+    trainer.fit(module, DataLoader(batches, batch_size=None, shuffle=False))
+    return timer.times
+
+
+def run(cfg: DictConfig) -> dict:
+    check_config(cfg)
+    accelerator = "gpu" if torch.cuda.is_available() else "cpu"
+    device = torch.device("cuda" if accelerator == "gpu" else "cpu")
+    rounds = []
+    for _ in range(cfg.rounds):  # alternate, so drift (thermal, other load) hits both paths alike
+        embedder, method, loss_fn = build(cfg)
+        batches = make_batches(cfg, embedder)
+        plain = plain_loop(embedder, method, loss_fn, batches, cfg, device)[cfg.warmup:]
+        embedder, method, loss_fn = build(cfg)
+        lco = lco_loop(embedder, method, loss_fn, batches, cfg, accelerator)[cfg.warmup:]
+        rounds.append({"plain_s": statistics.median(plain), "lco_s": statistics.median(lco)})
+        rounds[-1]["ratio"] = rounds[-1]["lco_s"] / rounds[-1]["plain_s"]
+    result = {
+        "part": "a: lco training step vs a hand-written PyTorch loop (median seconds per step)",
+        "when": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": platform.platform(), "cpu_threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
+        "model": cfg.model.path, "batch_size": cfg.batch_size, "steps": cfg.steps, "warmup": cfg.warmup,
+        "rounds": rounds, "ratio_median": statistics.median(r["ratio"] for r in rounds), "goal": "<= 1.05",
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(result, indent=2))
+    lines = [f"# lco benchmarks ({result['when']}, {result['device']}, {result['machine']}, torch {result['torch']}, "
+             f"{result['cpu_threads']} CPU threads)", "",
+             "## (a) lco's training step vs a hand-written PyTorch loop", "",
+             f"Model `{cfg.model.path}`, LoRA r={cfg.method.r}, batch {cfg.batch_size} text triplets, {cfg.steps} steps "
+             f"per path and round (first {cfg.warmup} not counted). Command: `make bench` (`python -m lco.bench`).", "",
+             "| round | plain loop s/step | lco s/step | lco / plain |", "|---|---|---|---|"]
+    lines += [f"| {i} | {r['plain_s']:.4f} | {r['lco_s']:.4f} | {r['ratio']:.3f} |" for i, r in enumerate(rounds)]
+    lines += ["", f"Median ratio: **{result['ratio_median']:.3f}** (goal {result['goal']}).", ""]
+    (out / "results.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+    return result
+
+
+main = entry("bench", run)
+
+
+if __name__ == "__main__":
+    main()
