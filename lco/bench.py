@@ -142,7 +142,8 @@ def run(cfg: DictConfig) -> dict:
     lines = [f"# lco benchmarks ({result['when']}, {result['device']}, {result['machine']}, torch {result['torch']}, "
              f"{result['cpu_threads']} CPU threads)", "",
              "## (a) lco's training step vs a hand-written PyTorch loop", "",
-             f"Model `{cfg.model.path}`, LoRA r={cfg.method.r}, batch {cfg.batch_size} text triplets, {cfg.steps} steps "
+             f"Model `{cfg.model.path}`, method `{cfg.method._target_.rsplit('.', 1)[-1]}` "
+             f"(r={cfg.method.get('r', '-')}), batch {cfg.batch_size} text triplets, {cfg.steps} steps "
              f"per path and round (first {cfg.warmup} not counted). Command: `make bench` (`python -m lco.bench`).", "",
              "| round | plain loop s/step | lco s/step | lco / plain |", "|---|---|---|---|"]
     lines += [f"| {i} | {r['plain_s']:.4f} | {r['lco_s']:.4f} | {r['ratio']:.3f} |" for i, r in enumerate(rounds)]
