@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from lco.analysis.paired import paired_change
+from lco.evaluation.toyworld import DIRECTIONS
 
 CROSS = ("i2t_r1", "t2i_r1")
 
@@ -59,15 +60,14 @@ def settings(sweep: Path) -> dict[str, list[dict]]:
 
 def probe_table(groups: dict[str, list[dict]]) -> tuple[str, list[dict]]:
     """Markdown for the probe part of the report, and one summary dict per setting (for the plot)."""
-    lines = ["| setting | seeds | " + " | ".join(f"{d} before -> after (change [95% CI], p)" for d in
-                                              ("i2t_r1", "t2i_r1", "t2t_r1"))
+    lines = ["| setting | seeds | " + " | ".join(f"{d} before -> after (change [95% CI], p)" for d in DIRECTIONS)
              + " | alignment | anisotropy img / txt | i2t top caption right on colour / shape / size / position |",
              "|---|---|---|---|---|---|---|---|"]
     summary = []
     for name, probes in groups.items():
         row = {"setting": name}
         cells = [name, str(len(probes))]
-        for direction in ("i2t_r1", "t2i_r1", "t2t_r1"):
+        for direction in DIRECTIONS:
             stats = paired_change([p["hits_before"][direction] for p in probes],
                                   [p["hits_after"][direction] for p in probes], probes[0]["query_scenes"][direction])
             before = sum(p["before"][direction] for p in probes) / len(probes)

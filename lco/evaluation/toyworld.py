@@ -39,12 +39,17 @@ def split_scenes(split: str) -> list[dict]:
     return [s for s in scenes if held_out(s) == (split == "test")]
 
 
-def _top1_hits(queries: torch.Tensor, corpus: torch.Tensor, query_ids: torch.Tensor, corpus_ids: torch.Tensor,
-               exclude_self: bool = False) -> list[int]:
+def _top1(queries: torch.Tensor, corpus: torch.Tensor, exclude_self: bool = False) -> torch.Tensor:
+    """Index [Q] of each query's nearest corpus item by dot product (itself left out if ``exclude_self``)."""
     scores = queries.float() @ corpus.float().T
     if exclude_self:
         scores.fill_diagonal_(float("-inf"))
-    return (corpus_ids[scores.argmax(dim=1)] == query_ids).int().tolist()
+    return scores.argmax(dim=1)
+
+
+def _top1_hits(queries: torch.Tensor, corpus: torch.Tensor, query_ids: torch.Tensor, corpus_ids: torch.Tensor,
+               exclude_self: bool = False) -> list[int]:
+    return (corpus_ids[_top1(queries, corpus, exclude_self)] == query_ids).int().tolist()
 
 
 class SceneProbe:
@@ -78,16 +83,16 @@ class SceneProbe:
         n, t = len(self.scenes), len(TEMPLATES)
         scene_of_image = torch.arange(n)
         scene_of_caption = scene_of_image.repeat(t)
+        retrieved = scene_of_caption[_top1(img, txt)]  # the scene of each image's top caption
         hits = {
-            "i2t_r1": _top1_hits(img, txt, scene_of_image, scene_of_caption),
+            "i2t_r1": (retrieved == scene_of_image).int().tolist(),
             "t2i_r1": _top1_hits(txt, img, scene_of_caption, scene_of_image),
             "t2t_r1": _top1_hits(txt, txt, scene_of_caption, scene_of_caption, exclude_self=True),
         }
         metrics = {name: sum(h) / len(h) for name, h in hits.items()}
-        retrieved = scene_of_caption[(img.float() @ txt.float().T).argmax(dim=1)].tolist()
         for attribute in ATTRIBUTES:  # which attributes the image's top caption gets right
             metrics[f"i2t_{attribute}"] = sum(self.scenes[r][attribute] == s[attribute]
-                                              for r, s in zip(retrieved, self.scenes)) / n
+                                              for r, s in zip(retrieved.tolist(), self.scenes)) / n
         last = img_layers.shape[0] - 1
         for layer in range(last + 1):
             a, c = img_layers[layer], txt_layers[layer].reshape(t, n, -1)
