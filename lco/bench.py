@@ -24,6 +24,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import RichProgressBar
+from pytorch_lightning.utilities import move_data_to_device
 from torch.utils.data import DataLoader
 
 from lco.cli import entry
@@ -36,11 +37,6 @@ from lco.optim import build_scheduler
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _move(batch: dict, device: torch.device) -> dict:
-    return {k: ({n: t.to(device) for n, t in v.items()} if isinstance(v, dict) and k != "modality" else v)
-            for k, v in batch.items()}
 
 
 def build(cfg: DictConfig):
@@ -70,7 +66,7 @@ def plain_loop(embedder, method, loss_fn, batches: list[dict], cfg: DictConfig,
     times = []
     for batch in batches:
         start = time.perf_counter()
-        batch = _move(batch, device)
+        batch = move_data_to_device(batch, device)  # what Lightning does for the lco path
         negative = embedder(batch["negative"]) if batch["negative"] is not None else None
         loss = loss_fn(embedder(batch["anchor"]), embedder(batch["positive"]), negative)
         loss.backward()

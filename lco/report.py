@@ -25,36 +25,41 @@ from lco.evaluation.toyworld import DIRECTIONS
 CROSS = ("i2t_r1", "t2i_r1")
 
 
+def _overrides(job: Path) -> list[str]:
+    """The Hydra overrides a job folder ran with (``.hydra/overrides.yaml``), or [] if it has none."""
+    path = job / ".hydra" / "overrides.yaml"
+    return (yaml.safe_load(path.read_text()) if path.exists() else None) or []
+
+
+def _labels(override_lists: list[list[str]]) -> list[str]:
+    """Each run's overrides minus those shared by every run (the swept values), joined; "(none)" if empty."""
+    shared = set.intersection(*(set(o) for o in override_lists)) if override_lists else set()
+    return [" ".join(o for o in overrides if o not in shared) or "(none)" for overrides in override_lists]
+
+
 def collect(sweep: Path) -> list[dict]:
     """One row per job folder with a ``metrics.json``: ``{"run", "overrides", metric: value, ...}``."""
     rows = []
     for metrics_file in sorted(sweep.glob("*/metrics.json"), key=lambda p: (len(p.parent.name), p.parent.name)):
         job = metrics_file.parent
         data = json.loads(metrics_file.read_text())
-        overrides_file = job / ".hydra" / "overrides.yaml"
-        overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
-        rows.append({"run": job.name, "overrides": overrides or [], **data["after"],
+        rows.append({"run": job.name, "overrides": _overrides(job), **data["after"],
                      "device_hours": data["cost"]["device_hours"], "trainable": data["params"]["trainable"]})
     if not rows:
         raise SystemExit(f"lco.report: no */metrics.json under {sweep}; point it at a multirun folder "
                          "(logs/train/multiruns/<date>_<time>) whose jobs finished.")
-    shared = set.intersection(*(set(r["overrides"]) for r in rows))
-    for row in rows:  # keep what differs between runs: the swept values
-        row["overrides"] = " ".join(o for o in row["overrides"] if o not in shared) or "(none)"
+    for row, label in zip(rows, _labels([r["overrides"] for r in rows])):
+        row["overrides"] = label
     return rows
 
 
 def settings(sweep: Path) -> dict[str, list[dict]]:
     """Probe results grouped by setting (the overrides that differ between runs, ``seed=`` left out)."""
-    runs = []
-    for probe_file in sorted(sweep.glob("*/probe.json")):
-        overrides_file = probe_file.parent / ".hydra" / "overrides.yaml"
-        overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
-        runs.append(([o for o in overrides or [] if not o.startswith("seed=")], json.loads(probe_file.read_text())))
-    shared = set.intersection(*(set(o) for o, _ in runs)) if runs else set()
+    files = sorted(sweep.glob("*/probe.json"))
+    override_lists = [[o for o in _overrides(f.parent) if not o.startswith("seed=")] for f in files]
     groups: dict[str, list[dict]] = {}
-    for overrides, probe in runs:
-        groups.setdefault(" ".join(o for o in overrides if o not in shared) or "(none)", []).append(probe)
+    for label, probe_file in zip(_labels(override_lists), files):
+        groups.setdefault(label, []).append(json.loads(probe_file.read_text()))
     return groups
 
 
