@@ -4,7 +4,8 @@ import json
 
 import torch
 
-from lco.bench import build, lco_loop, make_batches, plain_loop, run
+from lco.bench.__main__ import run
+from lco.bench.loop import build, lco_loop, make_batches, plain_loop
 from tests.conftest import compose_train
 
 
@@ -33,8 +34,8 @@ def test_plain_loop_and_lco_reach_the_same_weights(tmp_path):
 def test_bench_writes_results(tmp_path):
     result = run(_cfg(tmp_path))
     saved = json.loads((tmp_path / "results.json").read_text())
-    round0 = saved["rounds"][0]
-    assert round0["ratio"] == round0["lco_s"] / round0["plain_s"] and saved["ratio_median"] == round0["ratio"]
-    assert result["model"] == "lco-tiny/tiny_text" and saved["steps"] == 4
+    round0 = saved["parts"]["a"]["rounds"][0]
+    assert round0["ratio"] == round0["lco_s"] / round0["plain_s"] and saved["parts"]["a"]["ratio_median"] == round0["ratio"]
+    assert result["model"] == "lco-tiny/tiny_text" and saved["parts"]["a"]["steps"] == 4
     text = (tmp_path / "results.md").read_text()
     assert "## (a) lco's training step vs a hand-written PyTorch loop" in text and f"{round0['ratio']:.3f}" in text

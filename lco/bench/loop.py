@@ -1,34 +1,28 @@
-"""``python -m lco.bench`` (``make bench``): speed benchmarks, written to ``experiments/bench/results.{md,json}``.
+"""Part (a) of ``make bench``: lco against the floor.
 
-Part (a), lco against the floor: the same model, LoRA, InfoNCE, AdamW with its schedule, and the same
-pre-collated batches, trained once through lco (``ContrastiveModule`` under a Lightning ``Trainer`` with the
-Rich progress bar, as ``lco.train`` builds it) and once through a hand-written PyTorch loop doing the same
-forward, backward and optimizer work. A step is the wall time from one batch's start to the next's (lco: between
-``on_train_batch_start`` calls; plain: one loop iteration). Reported: the median step after ``warmup`` steps, per
-round (rounds alternate plain, lco), and the ratio lco / plain (issue 7's goal: <= 1.05). Both paths start from
-the same seed and reach the same weights (``tests/test_bench.py``), so the comparison is like for like.
-The other parts of issue 7 (sentence-transformers, memory with GradCache, encode throughput) are not here yet.
+The same model, LoRA, InfoNCE, AdamW with its schedule, and the same pre-collated batches, trained once through
+lco (``ContrastiveModule`` under a Lightning ``Trainer`` with the Rich progress bar, as ``lco.train`` builds it)
+and once through a hand-written PyTorch loop doing the same forward, backward and optimizer work. A step is the
+wall time from one batch's start to the next's (lco: between ``on_train_batch_start`` calls; plain: one loop
+iteration). Reported: the median step after ``warmup`` steps, per round (rounds alternate plain, lco), and the
+ratio lco / plain (issue 7's goal: <= 1.05). Both paths start from the same seed and reach the same weights
+(``tests/test_bench.py``), so the comparison is like for like.
 """
 
 from __future__ import annotations
 
-import json
-import platform
 import statistics
 import time
 from functools import partial
-from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from pytorch_lightning.callbacks import RichProgressBar
 from pytorch_lightning.utilities import move_data_to_device
 from torch.utils.data import DataLoader
 
-from lco.cli import entry
-from lco.config import check_config
 from lco.data.collate import TripletCollator
 from lco.module import ContrastiveModule
 from lco.optim import build_scheduler
@@ -111,10 +105,9 @@ def lco_loop(embedder, method, loss_fn, batches: list[dict], cfg: DictConfig, ac
     return timer.times
 
 
-def run(cfg: DictConfig) -> dict:
-    check_config(cfg)
-    accelerator = "gpu" if torch.cuda.is_available() else "cpu"
-    device = torch.device("cuda" if accelerator == "gpu" else "cpu")
+def part_a(cfg: DictConfig, device: torch.device) -> tuple[dict, list[str]]:
+    """Alternating rounds of plain and lco; returns (results dict, markdown lines)."""
+    accelerator = "gpu" if device.type == "cuda" else "cpu"
     rounds = []
     for _ in range(cfg.rounds):  # alternate, so drift (thermal, other load) hits both paths alike
         embedder, method, loss_fn = build(cfg)
@@ -124,33 +117,14 @@ def run(cfg: DictConfig) -> dict:
         lco = lco_loop(embedder, method, loss_fn, batches, cfg, accelerator)[cfg.warmup:]
         rounds.append({"plain_s": statistics.median(plain), "lco_s": statistics.median(lco)})
         rounds[-1]["ratio"] = rounds[-1]["lco_s"] / rounds[-1]["plain_s"]
-    result = {
-        "part": "a: lco training step vs a hand-written PyTorch loop (median seconds per step)",
-        "when": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": platform.platform(), "cpu_threads": torch.get_num_threads(),
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
-        "model": cfg.model.path, "batch_size": cfg.batch_size, "steps": cfg.steps, "warmup": cfg.warmup,
-        "rounds": rounds, "ratio_median": statistics.median(r["ratio"] for r in rounds), "goal": "<= 1.05",
-        "config": OmegaConf.to_container(cfg, resolve=True),
-    }
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(result, indent=2))
-    lines = [f"# lco benchmarks ({result['when']}, {result['device']}, {result['machine']}, torch {result['torch']}, "
-             f"{result['cpu_threads']} CPU threads)", "",
-             "## (a) lco's training step vs a hand-written PyTorch loop", "",
-             f"Model `{cfg.model.path}`, method `{cfg.method._target_.rsplit('.', 1)[-1]}` "
-             f"(r={cfg.method.get('r', '-')}), batch {cfg.batch_size} text triplets, {cfg.steps} steps "
-             f"per path and round (first {cfg.warmup} not counted). Command: `make bench` (`python -m lco.bench`).", "",
+    result = {"what": "lco training step vs a hand-written PyTorch loop (median seconds per step)",
+              "batch_size": cfg.batch_size, "steps": cfg.steps, "warmup": cfg.warmup, "rounds": rounds,
+              "ratio_median": statistics.median(r["ratio"] for r in rounds), "goal": "<= 1.05"}
+    lines = ["## (a) lco's training step vs a hand-written PyTorch loop", "",
+             f"Method `{cfg.method._target_.rsplit('.', 1)[-1]}` (r={cfg.method.get('r', '-')}), batch "
+             f"{cfg.batch_size} text triplets, {cfg.steps} steps per path and round (first {cfg.warmup} not "
+             "counted).", "",
              "| round | plain loop s/step | lco s/step | lco / plain |", "|---|---|---|---|"]
     lines += [f"| {i} | {r['plain_s']:.4f} | {r['lco_s']:.4f} | {r['ratio']:.3f} |" for i, r in enumerate(rounds)]
     lines += ["", f"Median ratio: **{result['ratio_median']:.3f}** (goal {result['goal']}).", ""]
-    (out / "results.md").write_text("\n".join(lines))
-    print("\n".join(lines))
-    return result
-
-
-main = entry("bench", run)
-
-
-if __name__ == "__main__":
-    main()
+    return result, lines
