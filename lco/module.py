@@ -2,6 +2,10 @@
 
 Composition only: the ``Embedder`` embeds, the ``Method`` decides what trains, the loss scores. Checkpoints
 hold only trainable tensors (LoRA weights, loss scale), not the frozen multi-GB base.
+
+Before a batch leaves the host, ``on_before_batch_transfer`` plans its forward passes: text-only sides are
+fused into one pass where padding allows (``fuse_max_padding``), and with ``loss.cache_chunk`` every pass is
+cut into chunks for GradCache. The plan holds Python ints only, so the step itself never syncs with the host.
 """
 
 from __future__ import annotations
@@ -14,18 +18,26 @@ import torch
 from pytorch_lightning.utilities import rank_zero_info
 
 from lco.analysis.retrieval import directional_recalls, recall_at
+from lco.gradcache import cached_embed
 from lco.losses import InfoNCE
 from lco.methods.base import Method, count_parameters
+from lco.models.batching import MEDIA, fuse, plan_chunks
 from lco.models.embedder import Embedder
 from lco.optim import build_scheduler
 
 
 class ContrastiveModule(pl.LightningModule):
-    """Inputs per step: a ``TripletCollator`` batch. Logs ``train/loss``, ``val/loss``, ``val/r1``, ``val/r5``."""
+    """Inputs per step: a ``TripletCollator`` batch. Logs ``train/loss``, ``val/loss``, ``val/r1``, ``val/r5``.
+
+    ``fuse_max_padding``: text-only anchor/positive/negative batches share one forward pass when the fused
+    batch has at most this many times their own padded tokens (``None``: three passes, as the reference).
+    """
 
     def __init__(self, embedder: Embedder, method: Method, loss: InfoNCE, optimizer: partial,
-                 scheduler: dict | None = None, gradient_checkpointing: str | bool = "auto"):
+                 scheduler: dict | None = None, gradient_checkpointing: str | bool = "auto",
+                 fuse_max_padding: float | None = 1.25):
         super().__init__()
+        self.fuse_max_padding = fuse_max_padding
         self.embedder = embedder
         self.method = method
         self.loss_fn = loss
@@ -54,17 +66,39 @@ class ContrastiveModule(pl.LightningModule):
         if use_gc:
             self.embedder.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        """Collated triplets (CPU) -> ``{"passes": [...], "sides": n, "rows": B, "modality"}``: each pass is
+        ``{"inputs", "sides": [side index...], "chunks": [...] or None}`` over sides anchor, positive, negative."""
+        if "passes" in batch:
+            return batch
+        sides = [batch["anchor"], batch["positive"]] + ([batch["negative"]] if batch["negative"] is not None else [])
+        chunk = getattr(self.loss_fn, "cache_chunk", None)
+        config = self.embedder.backbone.model.config
+        token_ids = {kind: getattr(config, attr, None) for kind, (attr, _, _) in MEDIA.items()}
+        passes = []
+        for inputs, members in fuse(sides, self.embedder.encoder.tokenizer.pad_token_id, self.fuse_max_padding):
+            chunks = plan_chunks(inputs, chunk, token_ids) if chunk else None
+            passes.append({"inputs": inputs, "sides": members, "chunks": chunks,
+                           "sizes": [sides[i]["input_ids"].shape[0] for i in members]})
+        return {"passes": passes, "sides": len(sides), "rows": batch["anchor"]["input_ids"].shape[0],
+                "modality": batch["modality"]}
+
     def _embed_triplets(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        anchor = self.embedder(batch["anchor"])
-        positive = self.embedder(batch["positive"])
-        negative = self.embedder(batch["negative"]) if batch["negative"] is not None else None
-        return anchor, positive, negative
+        out: list[torch.Tensor | None] = [None] * batch["sides"]
+        for step in batch["passes"]:
+            if step["chunks"] is None:
+                vectors = self.embedder(step["inputs"])
+            else:
+                vectors = cached_embed(self.embedder, step["inputs"], step["chunks"])
+            for side, part in zip(step["sides"], vectors.split(step["sizes"])):
+                out[side] = part
+        return out[0], out[1], out[2] if batch["sides"] == 3 else None
 
     def training_step(self, batch, batch_idx):
         if self._t0 is None:
             self._t0 = time.perf_counter()
         loss = self.loss_fn(*self._embed_triplets(batch))
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["anchor"]["input_ids"].shape[0])
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["rows"])
         self.log("train/temperature", 1.0 / self.loss_fn.scale().detach(), batch_size=1)
         self.history["train/loss"].append(loss.detach())
         return loss

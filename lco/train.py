@@ -18,7 +18,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor
 
 from lco.callbacks import Probe
 from lco.cli import entry
-from lco.config import check_config, check_launch, check_modalities
+from lco.config import ConfigError, check_config, check_launch, check_modalities
 from lco.module import ContrastiveModule
 from lco.summary import print_summary, record_cost, write_metrics
 
@@ -27,10 +27,33 @@ def _instantiate_group(group: DictConfig | None) -> list:
     return [instantiate(node) for node in (group or {}).values() if node is not None]
 
 
+def _strategy(cfg: DictConfig, method) -> dict:
+    """Trainer kwargs that adapt the configured DDP strategy to the method and loss (else ``{}``)."""
+    strategy = cfg.trainer.get("strategy")
+    target = str(strategy.get("_target_", "")) if strategy is not None else ""
+    kwargs = {}
+    if cfg.loss.get("cache_chunk") and ("FSDP" in target or "DeepSpeed" in target):
+        raise ConfigError(
+            f"loss.cache_chunk={cfg.loss.cache_chunk} (GradCache) is supported with trainer=cpu, gpu, ddp and "
+            f"ddp_cpu, not with {target.rsplit('.', 1)[-1]}: its re-forward inside backward would meet sharded "
+            "parameters lco has not tested. Use trainer=ddp (LoRA's trainable weights are small), or set "
+            "loss.cache_chunk=null.")
+    if method.trains_tower and "DDP" in target:
+        # a tower gets no gradient from text-only batches: DDP must look for unused parameters
+        kwargs["find_unused_parameters"] = True
+    if cfg.loss.get("cache_chunk") and "DDP" in target:
+        # GradCache re-runs each chunk inside backward, so a parameter's gradient arrives once per chunk;
+        # static_graph lets DDP count those arrivals instead of failing with "marked ready twice"
+        kwargs["static_graph"] = True
+    return {"strategy": instantiate(strategy, **kwargs)} if kwargs else {}
+
+
 def run(cfg: DictConfig) -> dict[str, float]:
     """Train with a composed config; returns the final logged metrics (floats)."""
     check_config(cfg)
     check_launch(cfg.trainer)
+    method, loss = instantiate(cfg.method), instantiate(cfg.loss)
+    extra = _strategy(cfg, method)  # a loss/strategy mismatch fails here, before data or weights load
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     datamodule.load()  # bad data fails here, before the model loads
@@ -40,11 +63,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
                          what="data.probe (set data.probe=null to train without it)")
     backbone = instantiate(cfg.model)
     embedder = instantiate(cfg.embed)(backbone)
-    method = instantiate(cfg.method)
-    module = ContrastiveModule(embedder, method=method, loss=instantiate(cfg.loss),
+    module = ContrastiveModule(embedder, method=method, loss=loss,
                                optimizer=instantiate(cfg.optim.optimizer),
                                scheduler=OmegaConf.to_container(cfg.optim.scheduler),
-                               gradient_checkpointing=cfg.gradient_checkpointing)
+                               gradient_checkpointing=cfg.gradient_checkpointing,
+                               fuse_max_padding=cfg.fuse_max_padding)
     datamodule.attach(embedder.encoder)
     loggers = [instantiate(cfg.logger)] if cfg.get("logger") else []
     callbacks = _instantiate_group(cfg.get("callbacks"))
@@ -53,11 +76,6 @@ def run(cfg: DictConfig) -> dict[str, float]:
         callbacks.append(Probe(datamodule.probe, out / "probe.json"))
     if not loggers:  # logger=none: an LR monitor has nowhere to write (Lightning would refuse to start)
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    extra = {}
-    strategy = cfg.trainer.get("strategy")
-    if method.trains_tower and strategy is not None and "DDP" in str(strategy.get("_target_", "")):
-        # a tower gets no gradient from text-only batches: DDP must look for unused parameters
-        extra["strategy"] = instantiate(strategy, find_unused_parameters=True)
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **extra)
     if trainer.is_global_zero:
         out.mkdir(parents=True, exist_ok=True)

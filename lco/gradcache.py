@@ -1,0 +1,79 @@
+"""GradCache: the contrastive loss over a large batch with activation memory of one chunk.
+
+``cached_embed(embed, batch, chunks)`` returns embeddings [N, D] of the whole batch that take part in autograd
+like ``embed(batch)`` would, but are computed chunk by chunk without keeping graphs (``chunks`` from
+``lco.models.batching.plan_chunks``). When the loss's backward reaches them, each chunk is embedded again,
+this time with a graph, under the RNG state (dropout masks) and autocast setting its first pass used, and
+backpropagated with its slice of the embedding gradient (Gao et al. 2021, "Scaling Deep Contrastive Learning
+Batch Size under Memory Limited Setup"). Parameter gradients equal those of embedding the same chunks with
+graphs kept; only one chunk's activations are alive at a time.
+
+The re-forward happens inside the backward pass (reentrant), so under DDP each trainable parameter receives
+its gradient once per chunk: lco runs DDP with ``static_graph=True`` then (see ``lco.train``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from lco.models.batching import take
+
+
+class _RngState:
+    """The CPU (and, for a CUDA device, that device's) random state at one moment."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.cpu = torch.get_rng_state()
+        self.cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+    def restore(self) -> None:
+        torch.set_rng_state(self.cpu)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state(self.cuda, self.device)
+
+
+class _Replay(torch.autograd.Function):
+    """Identity on the cached embeddings whose backward re-runs the chunks and backpropagates through them."""
+
+    @staticmethod
+    def forward(ctx, embeddings: torch.Tensor, replay: Callable[[torch.Tensor], None]) -> torch.Tensor:
+        ctx.replay = replay
+        return embeddings.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        ctx.replay(grad)
+        return None, None
+
+
+def cached_embed(embed: Callable[[dict], torch.Tensor], batch: dict, chunks: list[dict]) -> torch.Tensor:
+    """Embeddings [N, D] of ``batch`` in ``chunks`` (row ranges covering 0..N in order), GradCache-style.
+
+    Outside autograd (no grad enabled) this is simply the chunked forward.
+    """
+    if not torch.is_grad_enabled():
+        return torch.cat([embed(take(batch, c)) for c in chunks])
+    device = batch["input_ids"].device
+    autocast = {"device_type": device.type, "enabled": torch.is_autocast_enabled(device.type),
+                "dtype": torch.get_autocast_dtype(device.type)}
+    states, outputs = [], []
+    with torch.no_grad():
+        for chunk in chunks:
+            states.append(_RngState(device))
+            outputs.append(embed(take(batch, chunk)))
+
+    def replay(grad: torch.Tensor) -> None:
+        devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices, device_type=device.type), torch.enable_grad():
+            for chunk, state in zip(chunks, states):
+                state.restore()
+                with torch.autocast(**autocast):
+                    out = embed(take(batch, chunk))
+                start, end = chunk["rows"]
+                torch.autograd.backward(out, grad[start:end].to(out.dtype))
+
+    cached = torch.cat(outputs)
+    return _Replay.apply(cached.detach().requires_grad_(), replay)

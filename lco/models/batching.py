@@ -1,0 +1,149 @@
+"""Rearrange processor batches on the host: fuse sides into one forward pass, cut a batch into chunks.
+
+A processor batch (see ``ItemEncoder``) is a dict of tensors: per-row tensors [N, T] (``input_ids``,
+``attention_mask``, ``mm_token_type_ids``), left-padded, and per-media tensors whose rows belong to the items in
+order (``pixel_values`` [sum of t*h*w patches, C] with ``image_grid_thw`` [n_images, 3]; the ``*_videos``
+twins; ``input_features`` / ``feature_attention_mask`` [n_audio, ...]).
+
+``fuse(sides)`` concatenates text-only sides (anchor, positive, negatives) into one batch when padding them to a
+common length costs little, so one forward pass replaces three. ``plan_chunks(batch, size)`` cuts a batch into
+row chunks of ``size`` items for GradCache, each with its leading all-padding columns dropped and its own
+slices of the media tensors; ``take(batch, chunk)`` applies one on any device with Python ints only, so the
+training step never waits on the host. Both only re-arrange: every item's tokens, mask and media stay the
+same, and with rotary positions (relative) an item's embedding does not depend on how much padding precedes it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+ROW_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
+# media kind -> (placeholder-token attribute of the model config, {key: rows per item of that kind})
+# where "grid" means prod(grid_thw) patch rows per item and "one" one row per item.
+MEDIA = {
+    "image": ("image_token_id", "image_grid_thw", {"pixel_values": "grid", "image_grid_thw": "one"}),
+    "video": ("video_token_id", "video_grid_thw", {"pixel_values_videos": "grid", "video_grid_thw": "one",
+                                                    "video_second_per_grid": "one"}),
+    "audio": ("audio_token_id", None, {"input_features": "one", "feature_attention_mask": "one"}),
+}
+TEXT_ONLY = frozenset(ROW_KEYS)
+
+
+class BatchLayoutError(ValueError):
+    """A batch carries a tensor lco does not know how to split into chunks."""
+
+
+def _left_pad(batch: dict, width: int, pad_id: int) -> dict:
+    extra = width - batch["input_ids"].shape[1]
+    if extra == 0:
+        return batch
+    out = {}
+    for key, value in batch.items():
+        fill = pad_id if key == "input_ids" else 0
+        out[key] = torch.cat([value.new_full((value.shape[0], extra), fill), value], dim=1)
+    return out
+
+
+def join(batches: list[dict], pad_id: int) -> dict:
+    """Text-only batches -> one left-padded batch; rows in the order given."""
+    if len(batches) == 1:
+        return batches[0]
+    width = max(b["input_ids"].shape[1] for b in batches)
+    padded = [_left_pad(b, width, pad_id) for b in batches]
+    return {key: torch.cat([b[key] for b in padded]) for key in batches[0]}
+
+
+def fuse(sides: list[dict], pad_id: int, max_padding: float | None) -> list[tuple[dict, list[int]]]:
+    """Group ``sides`` into forward passes: ``[(batch, [side index, ...]), ...]`` covering every side once.
+
+    Text-only sides with the same keys are joined, shortest first, while the joined batch's token count stays
+    within ``max_padding`` x the sides' own padded token counts; ``max_padding=None`` never joins. Sides with
+    media are never joined (their processors lay out media per batch).
+    """
+    text = sorted((i for i, s in enumerate(sides) if set(s) <= TEXT_ONLY),
+                  key=lambda i: sides[i]["input_ids"].shape[1])
+    if max_padding is None:
+        text = []
+    groups = [(sides[i], [i]) for i in range(len(sides)) if i not in text]
+    current: list[int] = []
+    for i in text:  # shortest first: side i is the widest of any group it joins
+        trial = current + [i]
+        own = sum(sides[j]["input_ids"].numel() for j in trial)
+        joined = sum(sides[j]["input_ids"].shape[0] for j in trial) * sides[i]["input_ids"].shape[1]
+        if current and (joined > max_padding * own or set(sides[i]) != set(sides[current[0]])):
+            groups.append((join([sides[j] for j in current], pad_id), current))
+            trial = [i]
+        current = trial
+    if current:
+        groups.append((join([sides[j] for j in current], pad_id), current))
+    return sorted(groups, key=lambda g: g[1][0])
+
+
+def _media_counts(batch: dict, token_ids: dict[str, int | None]) -> dict[str, list[int]]:
+    """Per media kind, how many items of that kind each row holds (runs of its placeholder token)."""
+    counts = {}
+    for kind, (_, _, keys) in MEDIA.items():
+        if not any(k in batch for k in keys):
+            continue
+        token = token_ids.get(kind)
+        if token is None:
+            raise BatchLayoutError(f"the batch has {kind} tensors but the model config names no {kind} token id")
+        hits = batch["input_ids"] == token
+        starts = hits[:, :1] | (hits[:, 1:] & ~hits[:, :-1])
+        counts[kind] = starts.sum(dim=1).tolist()
+    return counts
+
+
+def plan_chunks(batch: dict, size: int, token_ids: dict[str, int | None] | None = None) -> list[dict]:
+    """Chunks of ``size`` rows: ``{"rows": (start, end), "first_col": c, "media": {key: (start, end)}}``.
+
+    Computed on the host (CPU tensors) before the batch moves to the device. ``token_ids`` maps ``image``,
+    ``video``, ``audio`` to the model's placeholder token ids; needed only when the batch has media.
+    """
+    unknown = set(batch) - TEXT_ONLY - {k for _, _, keys in MEDIA.values() for k in keys}
+    if unknown:
+        raise BatchLayoutError(f"loss.cache_chunk cannot split batch tensors {sorted(unknown)}: lco does not "
+                               "know which items they belong to. Set loss.cache_chunk=null for this model/data.")
+    n = batch["input_ids"].shape[0]
+    real = batch["attention_mask"].bool()
+    counts = _media_counts(batch, token_ids or {})
+    cursor = {key: 0 for _, _, keys in MEDIA.values() for key in keys if key in batch}
+    chunks = []
+    for start in range(0, n, size):
+        end = min(start + size, n)
+        used = real[start:end].any(dim=0).nonzero()
+        first_col = int(used[0]) if len(used) else 0
+        media = {}
+        for kind, (_, grid_key, keys) in MEDIA.items():
+            if kind not in counts:
+                continue
+            items = sum(counts[kind][start:end])
+            for key, unit in keys.items():
+                if key not in batch:
+                    continue
+                rows = items
+                if unit == "grid":  # patch rows: this chunk's items' t*h*w (grid cursor not yet advanced)
+                    done = cursor[grid_key]
+                    rows = int(batch[grid_key][done: done + items].prod(dim=1).sum())
+                media[key] = (cursor[key], cursor[key] + rows)
+            for key in keys:
+                if key in batch:
+                    cursor[key] = media[key][1]
+        chunks.append({"rows": (start, end), "first_col": first_col, "media": media})
+    for kind, (_, _, keys) in MEDIA.items():
+        for key in keys:
+            if key in cursor and cursor[key] != batch[key].shape[0]:
+                raise BatchLayoutError(f"{key} has {batch[key].shape[0]} rows but the {kind} placeholders in "
+                                       f"input_ids account for {cursor[key]}; the batch cannot be chunked.")
+    return chunks
+
+
+def take(batch: dict, chunk: dict) -> dict:
+    """The chunk's rows (leading padding dropped) and media slices; device-agnostic, no host sync. Media kinds
+    with no item in the chunk are left out, as the processor leaves them out of a batch without them."""
+    start, end = chunk["rows"]
+    out = {key: batch[key][start:end, chunk["first_col"]:] for key in ROW_KEYS if key in batch}
+    for key, (a, b) in chunk["media"].items():
+        if b > a:
+            out[key] = batch[key][a:b]
+    return out
