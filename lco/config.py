@@ -53,13 +53,17 @@ def _walk(node, where: str, problems: list[str]) -> None:
 
 
 def check_config(cfg: DictConfig) -> None:
-    """Raise ``ConfigError`` listing every bad key (all at once) and every unresolvable interpolation."""
+    """Raise ``ConfigError`` listing every bad key (all at once), every unresolvable interpolation, and a
+    ``model.quantization`` that cannot work (bad value, no CUDA/bitsandbytes, a method training 4-bit weights)."""
+    from lco.models.quantization import config_problems
+
     problems: list[str] = []
     try:
         OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except Exception as err:  # noqa: BLE001
         problems.append(f"config does not resolve: {err}")
     _walk(cfg, "", problems)
+    problems.extend(config_problems(cfg))
     if problems:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems)
                           + "\nFix the keys above (command line or conf/ files); nothing was loaded.")

@@ -27,7 +27,7 @@ from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from lco.cli import entry
-from lco.config import check_config
+from lco.config import ConfigError, check_config
 from lco.data.documents import DocumentCollator, SceneDocuments, toy_vocabulary
 from lco.data.synthetic import ATTRIBUTES
 from lco.models.delta import pack
@@ -139,6 +139,9 @@ def save_model(backbone, folder: Path) -> None:
 
 def run(cfg: DictConfig) -> dict[str, float]:
     check_config(cfg)
+    if cfg.model.get("quantization") is not None:
+        raise ConfigError(f"model.quantization={cfg.model.quantization}: lco.pretrain trains every weight of the "
+                          "backbone, which a 4-bit base cannot; set model.quantization=null.")
     pl.seed_everything(cfg.seed, workers=True)
     backbone = instantiate(cfg.model)
     collate = DocumentCollator(backbone.processor, Prompter())

@@ -30,6 +30,7 @@ class Method:
 
     saves_full_model = False  # True: ``save`` writes a whole model folder, loaded as the backbone itself
     trains_tower = False  # True: a modality tower trains, so text-only batches leave parameters unused (DDP)
+    trains_base_weights = False  # True: the backbone's own weights train, impossible on a 4-bit (nf4) base
 
     def card(self) -> dict:
         return {"method": self.name}

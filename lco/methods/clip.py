@@ -2,12 +2,14 @@
 
 Pair it with the symmetric, learnable-temperature loss (``conf/method/clip.yaml`` selects ``loss=clip``) and
 multimodal data. ``train_vision=False`` keeps the tower frozen (LoRA only). ``save`` writes one peft folder:
-the LoRA weights plus the trained vision tower (peft ``modules_to_save``).
+the LoRA weights plus the trained vision tower (peft ``modules_to_save``). A 4-bit base
+(``model.quantization=nf4``) quantizes the tower too, so it needs ``train_vision=False``.
 """
 
 from __future__ import annotations
 
 from lco.methods.lora import REFERENCE_TARGETS, LoRA
+from lco.models.quantization import reject_quantized
 
 
 class ClipStyle(LoRA):
@@ -24,11 +26,17 @@ class ClipStyle(LoRA):
         """The vision tower trains, so text-only batches leave parameters unused (DDP must know)."""
         return self.train_vision
 
+    @property
+    def trains_base_weights(self) -> bool:
+        """The vision tower is the backbone's own weights: impossible on a 4-bit base."""
+        return self.train_vision
+
     def apply(self, embedder) -> None:
         towers = [t for t in embedder.family.towers if t.endswith("visual")]
         if not towers:
             raise ValueError(f"method=clip trains on image-text pairs, but model.family={embedder.family.name} has "
                              "no vision tower; use a VL or Omni model.")
         if self.train_vision:
+            reject_quantized(embedder.model, "method=clip with method.train_vision=true")
             self.modules_to_save = [towers[0].rsplit(".", 1)[-1]]
         super().apply(embedder)

@@ -3,6 +3,8 @@
 Targets are matched by a regex anchored on the family's decoder path (``model.language_model.layers.N...``),
 so same-named projections inside the vision tower (``mlp.gate_proj``...) or audio tower never get adapters.
 Towers, projectors, embeddings and norms stay frozen. ``save`` writes a standard peft adapter folder.
+On a 4-bit base (``model.quantization=nf4``, QLoRA) peft wraps the bitsandbytes layers itself; peft's
+``prepare_model_for_kbit_training`` is deliberately not called (why: ``lco/models/quantization.py``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Load a backbone (model + processor) by hub id or local folder, failing fast when it cannot be had.
 
-In: ``family`` (see ``families.py``), ``path`` (hub id, local folder, or ``lco-tiny/<name>``), dtype.
+In: ``family`` (see ``families.py``), ``path`` (hub id, local folder, or ``lco-tiny/<name>``), dtype,
+``quantization`` (None, or ``"nf4"`` for QLoRA: see ``quantization.py``).
 Out: a ``Backbone`` whose ``model`` is the transformers model (Omni: the thinker only) and whose
 ``processor`` is the checkpoint's processor (a tokenizer for text-only families).
 """
@@ -15,6 +16,7 @@ import torch
 from lco.hub import hub_reachable
 from lco.models.families import Family, get_family
 from lco.models.processor import load_processor
+from lco.models.quantization import from_pretrained_kwargs
 from lco.models.tiny import TINY_PREFIX, materialize
 
 
@@ -65,10 +67,14 @@ def resolve_path(path: str, revision: str | None = None, config_key: str = "mode
 
 
 def load_backbone(family: str, path: str, dtype: str = "auto", attn_implementation: str | None = "sdpa",
-                  revision: str | None = None, trust_remote_code: bool = False) -> Backbone:
-    """Load model and processor. ``dtype``: ``auto`` (bf16 on CUDA, else fp32), ``bfloat16``, ``float32``..."""
+                  revision: str | None = None, trust_remote_code: bool = False,
+                  quantization: str | None = None) -> Backbone:
+    """Load model and processor. ``dtype``: ``auto`` (bf16 on CUDA, else fp32), ``bfloat16``, ``float32``...
+    ``quantization``: None or ``"nf4"``; a bad value, or nf4 without CUDA/bitsandbytes, raises ``ConfigError``
+    before anything (even a tiny twin) is built."""
     import transformers
 
+    quantized = from_pretrained_kwargs(quantization)
     fam = get_family(family)
     where, hub_kwargs = resolve_path(path, revision)
     hub_kwargs = {k: v for k, v in hub_kwargs.items() if v is not None}
@@ -80,6 +86,6 @@ def load_backbone(family: str, path: str, dtype: str = "auto", attn_implementati
     cls = getattr(transformers, fam.model_class)
     model = cls.from_pretrained(where, config=config, dtype=getattr(torch, dtype),
                                 attn_implementation=attn_implementation, trust_remote_code=trust_remote_code,
-                                **hub_kwargs)
+                                **hub_kwargs, **quantized)
     processor = load_processor(where, fam.processor_class, fam.feature_extractor_class, **hub_kwargs)
     return Backbone(model=model, processor=processor, family=fam, path=path)
