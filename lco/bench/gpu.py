@@ -1,0 +1,188 @@
+"""``python -m lco.bench.gpu``: the paper's per-GPU training step at real size, with random weights (no download).
+
+Builds the Qwen2.5-Omni thinker (decoder + vision + audio towers) from the published shapes (``SIZES``; FIELD_NOTES
+section 2) in bf16 on the GPU, wraps it in lco's ``Embedder`` with the real Qwen tokenizer and the configured
+method (LoRA r=64 by default), turns on non-reentrant gradient checkpointing, and times lco's training step
+(``ContrastiveModule``'s plan + embed + InfoNCE + backward + AdamW) on random-token text triplets of
+``seq_len`` tokens per item:
+
+- ``per_device_batch`` triplets without GradCache (the reference: 33 per GPU), and
+- ``global_batch`` triplets on this one device through GradCache in chunks of ``per_device_batch`` items
+  (the reference's global 1056, which it spreads over 32 GPUs).
+
+Reported per scenario: seconds per step, tokens/s, model-FLOP utilisation and peak memory. Model FLOPs per
+token are ``4 N + 8 L H Q T`` (N decoder matmul parameters, L layers, H heads, Q head dim, T tokens per item):
+forward plus the backward for activations; a frozen base needs no weight gradients, and recomputation
+(checkpointing, GradCache's second forward) is not counted, as MFU conventionally does. ``size=dry_run`` builds
+a tiny twin on CPU so the tests run the same code. Results: ``${output_dir}/gpu_results.{md,json}``.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from functools import partial
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from lco.cli import entry
+from lco.config import ConfigError, check_config
+
+_VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, patch_size=14,
+               spatial_merge_size=2, temporal_patch_size=2, fullatt_block_indexes=[7, 15, 23, 31])
+_AUDIO = dict(encoder_layers=32, d_model=1280, encoder_attention_heads=20, encoder_ffn_dim=5120, num_mel_bins=128,
+              max_source_positions=1500, n_window=100)
+_ROPE = {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]}
+_TEXT = dict(vocab_size=151936, rms_norm_eps=1e-6, max_position_embeddings=32768, pad_token_id=151643,
+             eos_token_id=151645, bos_token_id=151643, rope_parameters=_ROPE)
+# published thinker shapes; towers' outputs are projected to the decoder width
+SIZES = {
+    "omni_3b": {"text": dict(_TEXT, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
+                             num_attention_heads=16, num_key_value_heads=2, tie_word_embeddings=True),
+                "vision": dict(_VISION, out_hidden_size=2048), "audio": dict(_AUDIO, output_dim=2048)},
+    "omni_7b": {"text": dict(_TEXT, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                             num_attention_heads=28, num_key_value_heads=4, tie_word_embeddings=False),
+                "vision": dict(_VISION, out_hidden_size=3584), "audio": dict(_AUDIO, output_dim=3584)},
+}
+PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.1}  # dense, per device
+
+
+def thinker_config(size: str):
+    import transformers
+
+    from lco.models.tiny import TINY_SPECS
+
+    spec = TINY_SPECS["tiny_omni"][2] if size == "dry_run" else SIZES[size]
+    return transformers.Qwen2_5OmniThinkerConfig(text_config=spec["text"], vision_config=spec["vision"],
+                                                 audio_config=spec["audio"], vision_start_token_id=151652)
+
+
+def model_flops_per_token(text_config, seq_len: int) -> float:
+    """``4 N + 8 L H Q T``: decoder matmul parameters N (attention + MLP, no embeddings; the LM head never runs)."""
+    c = text_config
+    q = c.hidden_size // c.num_attention_heads
+    attn = c.hidden_size * q * (2 * c.num_attention_heads + 2 * c.num_key_value_heads)
+    n = c.num_hidden_layers * (attn + 3 * c.hidden_size * c.intermediate_size)
+    return 4 * n + 8 * c.num_hidden_layers * c.num_attention_heads * q * seq_len
+
+
+def _module(cfg: DictConfig, device: torch.device, chunk: int | None):
+    import transformers
+
+    from lco.models.backbone import Backbone
+    from lco.models.families import get_family
+    from lco.models.tiny import build_processor
+    from lco.module import ContrastiveModule
+
+    torch.manual_seed(cfg.seed)
+    dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    with torch.device(device):
+        model = transformers.Qwen2_5OmniThinkerForConditionalGeneration._from_config(
+            thinker_config(cfg.size), dtype=dtype, attn_implementation=cfg.attn_implementation)
+    backbone = Backbone(model=model, processor=build_processor("tiny_omni"), family=get_family("qwen2_5_omni"),
+                        path=f"random-weights:{cfg.size}")
+    with open_dict(cfg):
+        cfg.loss.cache_chunk = chunk
+    module = ContrastiveModule(instantiate(cfg.embed)(backbone), instantiate(cfg.method), instantiate(cfg.loss),
+                               partial(torch.optim.AdamW, lr=1e-4), gradient_checkpointing=True).to(device)
+    module.embedder.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return module
+
+
+def _batch(batch_size: int, seq_len: int, generator: torch.Generator) -> dict:
+    side = lambda: {"input_ids": torch.randint(0, 151000, (batch_size, seq_len), generator=generator),  # noqa: E731
+                    "attention_mask": torch.ones(batch_size, seq_len, dtype=torch.long)}
+    return {"anchor": side(), "positive": side(), "negative": side(), "modality": {}}
+
+
+def scenario(cfg: DictConfig, device: torch.device, batch_size: int, chunk: int | None) -> dict:
+    """Time ``cfg.steps`` training steps (first ``cfg.warmup`` not counted) of one (batch, chunk) setting."""
+    from pytorch_lightning.utilities import move_data_to_device
+
+    module = _module(cfg, device, chunk)
+    optimizer = module.configure_optimizers()
+    generator = torch.Generator().manual_seed(cfg.seed)
+    times, losses = [], []
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    for _ in range(cfg.steps):
+        batch = move_data_to_device(module.on_before_batch_transfer(_batch(batch_size, cfg.seq_len, generator), 0),
+                                    device)
+        start = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = module.loss_fn(*module._embed_triplets(batch))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+        losses.append(float(loss.detach()))
+    step = statistics.median(times[cfg.warmup:])
+    tokens = 3 * batch_size * cfg.seq_len
+    flops = tokens * model_flops_per_token(module.embedder.model.config.get_text_config(), cfg.seq_len)
+    peak = _peak_tflops(cfg, device)
+    params = sum(p.numel() for p in module.parameters())
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    return {"batch": batch_size, "chunk": chunk, "step_s": step, "tokens_per_s": tokens / step,
+            "model_tflops_per_s": flops / step / 1e12, "mfu": flops / step / 1e12 / peak if peak else None,
+            "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
+            "losses": losses, "parameters": params, "trainable": trainable,
+            "dtype": str(next(module.embedder.model.parameters()).dtype).replace("torch.", "")}
+
+
+def _peak_tflops(cfg: DictConfig, device: torch.device) -> float | None:
+    if cfg.peak_tflops:
+        return float(cfg.peak_tflops)
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name()
+    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+
+
+def run(cfg: DictConfig) -> dict:
+    check_config(cfg)
+    if cfg.size not in SIZES and cfg.size != "dry_run":
+        raise ConfigError(f"size={cfg.size!r}: choose one of {sorted(SIZES)} or dry_run (tiny, CPU).")
+    if cfg.global_batch % cfg.per_device_batch:
+        raise ConfigError(f"global_batch={cfg.global_batch} must be a multiple of per_device_batch="
+                          f"{cfg.per_device_batch} (GradCache chunks of per_device_batch items).")
+    device = torch.device("cuda" if torch.cuda.is_available() and cfg.size != "dry_run" else "cpu")
+    if device.type == "cpu" and cfg.size != "dry_run":
+        raise ConfigError(f"size={cfg.size} needs a CUDA GPU (none visible); use size=dry_run to check the script.")
+    rows = [scenario(cfg, device, cfg.per_device_batch, None),
+            scenario(cfg, device, cfg.global_batch, cfg.per_device_batch)]
+    result = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": platform.platform(),
+              "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
+              "size": cfg.size, "seq_len": cfg.seq_len, "method": OmegaConf.to_container(cfg.method),
+              "scenarios": rows, "peak_tflops": _peak_tflops(cfg, device)}
+    lines = [f"# lco GPU benchmark ({result['when']}, {result['device']}, torch {result['torch']})", "",
+             f"Qwen2.5-Omni thinker `{cfg.size}` from published shapes, random weights ({rows[0]['dtype']}); LoRA "
+             f"r={cfg.method.r}; "
+             f"gradient checkpointing; {cfg.seq_len} tokens per item, 3 items per triplet; {rows[0]['parameters']:,} "
+             f"parameters, {rows[0]['trainable']:,} trainable. Command: `python -m lco.bench.gpu size={cfg.size}`.",
+             "", "| triplets per step | GradCache chunk | s/step | tokens/s | model TFLOP/s | MFU | peak GiB |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
+        mem = f"{r['peak_memory_gib']:.1f}" if r["peak_memory_gib"] is not None else "n/a"
+        lines.append(f"| {r['batch']} | {r['chunk'] or 'off'} | {r['step_s']:.3f} | {r['tokens_per_s']:,.0f} | "
+                     f"{r['model_tflops_per_s']:.1f} | {mfu} | {mem} |")
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu_results.json").write_text(json.dumps(result, indent=2))
+    (out / "gpu_results.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return result
+
+
+main = entry("bench_gpu", run)
+
+
+if __name__ == "__main__":
+    main()

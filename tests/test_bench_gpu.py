@@ -1,0 +1,54 @@
+"""The GPU benchmark script, dry-run on CPU: same code path, correct FLOP count, GradCache loss = plain loss."""
+
+import json
+
+import pytest
+import torch
+import transformers
+
+from lco.bench.gpu import SIZES, model_flops_per_token, run, scenario, thinker_config
+from lco.config import ConfigError
+from tests.conftest import compose_train
+
+DRY = ["size=dry_run", "seq_len=12", "per_device_batch=3", "global_batch=6", "steps=2", "warmup=1"]
+
+
+def test_published_3b_shapes_and_flops():
+    config = thinker_config("omni_3b")
+    text = config.get_text_config()
+    assert (text.hidden_size, text.intermediate_size, text.num_hidden_layers) == (2048, 11008, 36)
+    assert (text.num_attention_heads, text.num_key_value_heads, text.vocab_size) == (16, 2, 151936)
+    assert config.vision_config.depth == 32 and config.audio_config.encoder_layers == 32
+    # by hand: per layer q,o 2048x2048, k,v 2048x256, MLP 3 x 2048x11008
+    n = 36 * (2 * 2048 * 2048 + 2 * 2048 * 256 + 3 * 2048 * 11008)
+    assert n == pytest.approx(2.77e9, rel=0.01)  # the 3B's decoder without its 311M-parameter embedding
+    assert model_flops_per_token(text, 128) == 4 * n + 8 * 36 * 16 * 128 * 128
+    assert isinstance(thinker_config("omni_7b"), transformers.Qwen2_5OmniThinkerConfig) and set(SIZES) == {"omni_3b", "omni_7b"}
+
+
+def test_dry_run_gradcache_step_equals_plain_step(tmp_path):
+    cfg = compose_train(tmp_path, DRY + ["method.dropout=0"], config_name="bench_gpu")
+    plain = scenario(cfg, torch.device("cpu"), 6, None)
+    cached = scenario(cfg, torch.device("cpu"), 6, 3)
+    assert plain["losses"][0] == pytest.approx(cached["losses"][0], abs=1e-5)
+    assert plain["losses"][1] == pytest.approx(cached["losses"][1], abs=1e-4)  # after one identical AdamW step
+    assert plain["trainable"] == cached["trainable"] > 0 and plain["dtype"] == "float32"
+
+
+def test_dry_run_writes_results(tmp_path):
+    result = run(compose_train(tmp_path, DRY + [f"output_dir={tmp_path}"], config_name="bench_gpu"))
+    saved = json.loads((tmp_path / "gpu_results.json").read_text())
+    small, large = saved["scenarios"]
+    assert (small["batch"], small["chunk"], large["batch"], large["chunk"]) == (3, None, 6, 3)
+    assert large["tokens_per_s"] == pytest.approx(3 * 6 * 12 / large["step_s"])
+    assert result["peak_tflops"] is None and large["mfu"] is None  # no MFU without a known device peak
+    assert "| 6 | 3 |" in (tmp_path / "gpu_results.md").read_text()
+
+
+def test_bad_settings_fail_before_building(tmp_path):
+    with pytest.raises(ConfigError, match="multiple of per_device_batch"):
+        run(compose_train(tmp_path, DRY[:2] + ["per_device_batch=4", "global_batch=6"], config_name="bench_gpu"))
+    if torch.cuda.is_available():
+        return
+    with pytest.raises(ConfigError, match="needs a CUDA GPU"):
+        run(compose_train(tmp_path, ["size=omni_3b"], config_name="bench_gpu"))
