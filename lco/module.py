@@ -21,7 +21,7 @@ from lco.analysis.retrieval import directional_recalls, recall_at
 from lco.gradcache import cached_embed
 from lco.losses import InfoNCE
 from lco.methods.base import Method, count_parameters
-from lco.models.batching import MEDIA, fuse, plan_chunks
+from lco.models.batching import MEDIA, TEXT_ONLY, fuse, plan_chunks, sort_by_length
 from lco.models.embedder import Embedder
 from lco.optim import build_scheduler
 
@@ -68,7 +68,8 @@ class ContrastiveModule(pl.LightningModule):
 
     def on_before_batch_transfer(self, batch, dataloader_idx: int):
         """Collated triplets (CPU) -> ``{"passes": [...], "sides": n, "rows": B, "modality"}``: each pass is
-        ``{"inputs", "sides": [side index...], "chunks": [...] or None}`` over sides anchor, positive, negative."""
+        ``{"inputs", "sides": [side index...], "sizes", "chunks": [...] or None, "restore"}`` over sides anchor,
+        positive, negative; with chunks, a text-only pass is sorted by length and ``restore`` undoes it."""
         if "passes" in batch:
             return batch
         sides = [batch["anchor"], batch["positive"]] + ([batch["negative"]] if batch["negative"] is not None else [])
@@ -77,8 +78,11 @@ class ContrastiveModule(pl.LightningModule):
         token_ids = {kind: getattr(config, attr, None) for kind, (attr, _, _) in MEDIA.items()}
         passes = []
         for inputs, members in fuse(sides, self.embedder.encoder.tokenizer.pad_token_id, self.fuse_max_padding):
+            restore = None
+            if chunk and set(inputs) <= TEXT_ONLY:  # chunks of similar lengths carry little padding
+                inputs, restore = sort_by_length(inputs)
             chunks = plan_chunks(inputs, chunk, token_ids) if chunk else None
-            passes.append({"inputs": inputs, "sides": members, "chunks": chunks,
+            passes.append({"inputs": inputs, "sides": members, "chunks": chunks, "restore": restore,
                            "sizes": [sides[i]["input_ids"].shape[0] for i in members]})
         return {"passes": passes, "sides": len(sides), "rows": batch["anchor"]["input_ids"].shape[0],
                 "modality": batch["modality"]}
@@ -90,6 +94,8 @@ class ContrastiveModule(pl.LightningModule):
                 vectors = self.embedder(step["inputs"])
             else:
                 vectors = cached_embed(self.embedder, step["inputs"], step["chunks"])
+                if step["restore"] is not None:
+                    vectors = vectors[step["restore"]]
             for side, part in zip(step["sides"], vectors.split(step["sizes"])):
                 out[side] = part
         return out[0], out[1], out[2] if batch["sides"] == 3 else None

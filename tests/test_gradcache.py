@@ -64,6 +64,10 @@ def test_plan_fuses_text_sides_and_chunks_media_per_item(media):
     anchor, fused = batch["passes"]
     assert anchor["sides"] == [0] and sorted(fused["sides"]) == [1, 2]  # media side alone; text sides fused
     assert fused["inputs"]["input_ids"].shape[0] == 8 and [c["rows"] for c in fused["chunks"]] == [(0, 3), (3, 6), (6, 8)]
+    lengths = fused["inputs"]["attention_mask"].sum(1)
+    assert (lengths[:-1] >= lengths[1:]).all() and anchor["restore"] is None  # text sorted longest first
+    assert [c["first_col"] for c in fused["chunks"]] == [int(fused["inputs"]["input_ids"].shape[1] - lengths[i])
+                                                          for i in (0, 3, 6)]  # each chunk keeps only its width
     first, second = anchor["chunks"]  # rows 0-2 hold text, image, audio; row 3 the video
     assert first["media"]["pixel_values"] == (0, anchor["inputs"]["pixel_values"].shape[0])
     assert first["media"]["input_features"] == (0, 1) and first["media"]["pixel_values_videos"] == (0, 0)
@@ -115,6 +119,7 @@ def _chunked_with_graphs(module, records, seed=1):
     out = [None] * 3
     for step in batch["passes"]:
         vectors = torch.cat([module.embedder(take(step["inputs"], c)) for c in step["chunks"]])
+        vectors = vectors if step["restore"] is None else vectors[step["restore"]]
         for side, part in zip(step["sides"], vectors.split(step["sizes"])):
             out[side] = part
     module.loss_fn(*out).backward()

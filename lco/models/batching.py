@@ -8,7 +8,8 @@ twins; ``input_features`` / ``feature_attention_mask`` [n_audio, ...]).
 ``fuse(sides)`` concatenates text-only sides (anchor, positive, negatives) into one batch when padding them to a
 common length costs little, so one forward pass replaces three. ``plan_chunks(batch, size)`` cuts a batch into
 row chunks of ``size`` items for GradCache, each with its leading all-padding columns dropped and its own
-slices of the media tensors; ``take(batch, chunk)`` applies one on any device with Python ints only, so the
+slices of the media tensors (``sort_by_length`` first groups a text-only batch's rows by length, so chunks
+carry little padding); ``take(batch, chunk)`` applies one on any device with Python ints only, so the
 training step never waits on the host. Both only re-arrange: every item's tokens, mask and media stay the
 same, and with rotary positions (relative) an item's embedding does not depend on how much padding precedes it.
 """
@@ -77,6 +78,14 @@ def fuse(sides: list[dict], pad_id: int, max_padding: float | None) -> list[tupl
     if current:
         groups.append((join([sides[j] for j in current], pad_id), current))
     return sorted(groups, key=lambda g: g[1][0])
+
+
+def sort_by_length(batch: dict) -> tuple[dict, torch.Tensor]:
+    """A text-only batch with rows reordered longest first, and ``restore`` [N] (long) such that
+    ``embeddings_of_sorted[restore]`` is in the original row order. Chunks of the sorted batch carry little
+    padding (``plan_chunks`` drops each chunk's all-padding columns)."""
+    order = torch.argsort(batch["attention_mask"].sum(dim=1), descending=True, stable=True)
+    return {key: value[order] for key, value in batch.items()}, torch.argsort(order)
 
 
 def _media_counts(batch: dict, token_ids: dict[str, int | None]) -> dict[str, list[int]]:
