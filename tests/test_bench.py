@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from lco.bench.__main__ import run
@@ -10,8 +11,8 @@ from tests.conftest import compose_train
 
 
 def _cfg(tmp_path, extra=()):
-    return compose_train(tmp_path / "run", ["model=tiny_text", "steps=4", "warmup=1", "rounds=1", "batch_size=8",
-                                            f"output_dir={tmp_path}", *extra], config_name="bench")
+    return compose_train(tmp_path / "run", ["parts=[a]", "model=tiny_text", "steps=4", "warmup=1", "rounds=1",
+                                            "batch_size=8", f"output_dir={tmp_path}", *extra], config_name="bench")
 
 
 def test_plain_loop_and_lco_reach_the_same_weights(tmp_path):
@@ -39,3 +40,19 @@ def test_bench_writes_results(tmp_path):
     assert result["model"] == "lco-tiny/tiny_text" and saved["parts"]["a"]["steps"] == 4
     text = (tmp_path / "results.md").read_text()
     assert "## (a) lco's training step vs a hand-written PyTorch loop" in text and f"{round0['ratio']:.3f}" in text
+
+
+def test_memory_points_show_gradcache_keeps_the_step_flat(tmp_path):
+    """Part (c) at toy sizes: each point in its own process; the cached step's memory barely grows with the
+    batch while the uncached one grows with it, and both compute the same loss."""
+    from lco.bench.memory import part_c
+
+    cfg = _cfg(tmp_path, ["memory.batches=[8,128]", "memory.chunk=8", "memory.max_uncached=128"])
+    result, lines = part_c(cfg, torch.device("cpu"))
+    points = {(p["batch"], p["chunk"]): p for p in result["points"]}
+    assert set(points) == {(8, None), (128, None), (8, 8), (128, 8)}
+    assert points[(128, None)]["loss"] == pytest.approx(points[(128, 8)]["loss"], abs=1e-5)
+    assert points[(128, None)]["tokens"] == points[(128, 8)]["tokens"] > 10 * points[(8, 8)]["tokens"]
+    assert points[(128, None)]["step_mib"] > 2 * points[(128, 8)]["step_mib"]
+    assert result["cached_ratio"] == points[(128, 8)]["step_mib"] / points[(8, 8)]["step_mib"]
+    assert any("GradCache step memory at 128 vs 8" in line for line in lines)

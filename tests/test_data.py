@@ -89,3 +89,18 @@ def test_datamodule_split_is_seeded_and_disjoint():
     too_small = TripletDataModule({"scenes": SceneTriplets(n=10)}, val_size=2, batch_size=32)
     with pytest.raises(RecordError, match="fewer than one batch"):
         too_small.load()
+
+
+def test_item_texts_are_cut_to_max_text_tokens_in_one_batch(tiny_backbone):
+    from lco.data.collate import ItemEncoder
+    from lco.prompts import Prompter
+
+    backbone = tiny_backbone("tiny_text")
+    encoder = ItemEncoder(backbone.processor, Prompter(), max_text_tokens=4)
+    long = "one two three four five six seven eight"
+    cut = encoder.truncate([long, "short", long + " nine"])
+    assert cut[1] == "short" and cut[0] == cut[2]
+    assert len(encoder.tokenizer(cut[0], add_special_tokens=False)["input_ids"]) == 4 and long.startswith(cut[0])
+    prompts = encoder.prompts([{"text": long}, {"text": "short"}])
+    assert prompts == [Prompter().render(backbone.processor, {"text": cut[0]}),
+                       Prompter().render(backbone.processor, {"text": "short"})]

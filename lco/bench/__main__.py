@@ -11,10 +11,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lco.bench.loop import part_a
+from lco.bench.memory import part_c
+from lco.bench.peers import part_b, part_d
 from lco.cli import entry
 from lco.config import check_config
 
-PARTS = {"a": part_a}
+PARTS = {"a": part_a, "b": part_b, "c": part_c, "d": part_d}
 
 
 def run(cfg: DictConfig) -> dict:

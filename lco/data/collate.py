@@ -32,12 +32,14 @@ class ItemEncoder:
     def tokenizer(self):
         return getattr(self.processor, "tokenizer", self.processor)
 
-    def truncate(self, text: str) -> str:
-        """Cut the item's own text to ``max_text_tokens`` tokens (the prompt around it is kept whole)."""
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(ids) <= self.max_text_tokens:
-            return text
-        return self.tokenizer.decode(ids[: self.max_text_tokens])
+    def truncate(self, texts: list[str]) -> list[str]:
+        """Cut each item's own text to ``max_text_tokens`` tokens (the prompt around it is kept whole). One
+        batched tokenizer call for all texts; only the texts that are too long are decoded back."""
+        if not texts:
+            return []
+        ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return [text if len(row) <= self.max_text_tokens else self.tokenizer.decode(row[: self.max_text_tokens])
+                for text, row in zip(texts, ids)]
 
     def _media(self, items: list[dict]) -> dict:
         media: dict[str, list] = {"images": [], "videos": [], "audio": []}
@@ -51,9 +53,15 @@ class ItemEncoder:
                 media["audio"].append(load_audio(item["audio"], rate, self.audio_max_seconds))
         return {k: v for k, v in media.items() if v}
 
+    def prompts(self, items: list[dict]) -> list[str]:
+        """The chat prompt string of each item, its text cut to ``max_text_tokens`` (what the model reads)."""
+        with_text = [i for i, item in enumerate(items) if item.get("text")]
+        cut = dict(zip(with_text, self.truncate([items[i]["text"] for i in with_text])))
+        return [self.prompter.render(self.processor, {**item, "text": cut[i]} if i in cut else item)
+                for i, item in enumerate(items)]
+
     def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
-        items = [{**item, "text": self.truncate(item["text"])} if item.get("text") else item for item in items]
-        prompts = [self.prompter.render(self.processor, item) for item in items]
+        prompts = self.prompts(items)
         kwargs = dict(padding=True, padding_side="left", return_tensors="pt")
         if self.processor is self.tokenizer:
             if any(item.get(m) is not None for item in items for m in ("image", "video", "audio")):

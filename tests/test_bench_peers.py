@@ -1,0 +1,75 @@
+"""make bench, parts (b) and (d): lco and sentence-transformers do the same work, and the results say so."""
+
+import json
+
+import pytest
+import torch
+
+from lco.bench.__main__ import run
+from lco.bench.peers import (add_lora, build, lco_start, lco_train, load_records, lora_state, peer_cfg, st_model,
+                             st_run)
+from tests.conftest import compose_train
+
+CPU = torch.device("cpu")
+
+
+def _cfg(tmp_path, extra=()):
+    return compose_train(tmp_path / "run", ["peers.batch_size=8", "peers.steps=2", "peers.warmup=1", "peers.rounds=1",
+                                            "peers.chunk=4", "peers.encode_items=24", "peers.encode_batch=8",
+                                            f"output_dir={tmp_path}", *extra], config_name="bench")
+
+
+def test_st_embeds_lcos_prompts_exactly_as_lco(tmp_path):
+    """Same tokens (left padding), same last token after the final norm: the same vectors, LoRA included."""
+    cfg = peer_cfg(_cfg(tmp_path))
+    embedder, method, _ = build(cfg)
+    method.apply(embedder)
+    with torch.no_grad():  # nonzero lora_B, so the check covers the adapters too
+        for name, param in embedder.headless.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.1)
+    st = st_model(cfg, CPU)
+    add_lora(st, method, embedder.family.lm_prefix, lora_state(embedder))
+    trainable = {n for n, p in st[0].auto_model.named_parameters() if p.requires_grad}
+    assert trainable == set(lora_state(embedder)) and len(trainable) == 2 * 7 * 2  # layers x targets x (A, B)
+    items = [{"text": t} for t in ["A small red cube is at the left.", "hi", "There is a blue cone on the top side."]]
+    prompts = embedder.encoder.prompts(items)
+    features = st.preprocess(prompts)
+    ours = embedder.encoder(items)
+    assert torch.equal(features["input_ids"], ours["input_ids"]) and ours["attention_mask"][:, 0].min() == 0
+    embedder.eval(), st.eval()
+    assert torch.allclose(embedder.encode(items), st.encode(prompts, convert_to_tensor=True), atol=1e-6)
+
+
+@pytest.mark.parametrize("chunk", [4, None])
+def test_lco_and_st_trainers_reach_the_same_lora_weights(tmp_path, chunk):
+    """Three steps of ST's trainer (cached MNRL) and of lco (cached at the same chunk, or uncached) from the same
+    start, data order, scale, AdamW and schedule end on the same adapter: the timed runs do the same work."""
+    cfg = peer_cfg(_cfg(tmp_path, ["method.dropout=0", "peers.steps=3"]), chunk)
+    records = load_records(cfg)
+    assert len(records) == 24
+    st_times, st = st_run(cfg, *lco_start(cfg, records), chunk=4, device=CPU)
+    lco_times, embedder = lco_train(cfg, records, CPU)
+    assert len(st_times) == len(lco_times) == 3 and all(t > 0 for t in st_times + lco_times)
+    ours = lora_state(embedder)
+    theirs = {n: p.detach() for n, p in st[0].auto_model.named_parameters() if p.requires_grad}
+    assert set(theirs) == set(ours)
+    assert any(float(p.abs().max()) > 0 for n, p in ours.items() if "lora_B" in n)  # it did train
+    for name, param in ours.items():
+        assert torch.allclose(param, theirs[name], atol=1e-5), name  # updates are >= 1e-4
+
+
+def test_bench_writes_peer_results(tmp_path):
+    result = run(_cfg(tmp_path, ["parts=[b,d]"]))
+    saved = json.loads((tmp_path / "results.json").read_text())
+    b, d = saved["parts"]["b"], saved["parts"]["d"]
+    assert b["model"] == d["model"] == "lco-tiny/tiny_text" and result["parts"]["b"]["steps"] == 2
+    row = b["rounds"][0]
+    assert row["lco_ratio"] == row["st_cached_s"] / row["lco_s"] == b["lco_ratio_median"]
+    assert b["lco_triplets_per_s"] == 8 / b["lco_s_median"] and b["st_cached_triplets_per_s"] == 8 / row["st_cached_s"]
+    assert b["ratio"] == b["lco_cached_ratio_median"] == b["st_cached_s_median"] / b["lco_cached_s_median"]
+    assert d["rounds"][0]["ratio"] == d["rounds"][0]["st_s"] / d["rounds"][0]["lco_s"] == d["ratio_median"]
+    assert d["min_cosine"] >= 0.999 and d["items"] == 24
+    text = (tmp_path / "results.md").read_text()
+    assert "## (b) lco vs sentence-transformers training" in text and f"**{b['ratio']:.3f}**" in text
+    assert "## (d) lco vs sentence-transformers embedding" in text and f"**{d['ratio_median']:.3f}**" in text
