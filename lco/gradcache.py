@@ -8,8 +8,11 @@ backpropagated with its slice of the embedding gradient (Gao et al. 2021, "Scali
 Batch Size under Memory Limited Setup"). Parameter gradients equal those of embedding the same chunks with
 graphs kept; only one chunk's activations are alive at a time.
 
-The re-forward happens inside the backward pass (reentrant), so under DDP each trainable parameter receives
-its gradient once per chunk: lco runs DDP with ``static_graph=True`` then (see ``lco.train``).
+The replay sums each chunk's parameter gradients (``torch.autograd.grad``) and hands the totals to autograd as
+the gradients of ``params``, which are inputs of the cached node. So every trainable parameter receives its
+gradient exactly once per backward, however many chunks there were, and DDP's gradient hooks fire once as in
+the plain path (no ``static_graph``, no "marked ready twice", batches may differ in chunk count). The cost is
+one extra buffer the size of the trainable parameters' gradients (LoRA: small).
 """
 
 from __future__ import annotations
@@ -39,18 +42,19 @@ class _Replay(torch.autograd.Function):
     """Identity on the cached embeddings whose backward re-runs the chunks and backpropagates through them."""
 
     @staticmethod
-    def forward(ctx, embeddings: torch.Tensor, replay: Callable[[torch.Tensor], None]) -> torch.Tensor:
+    def forward(ctx, embeddings: torch.Tensor, replay: Callable, *params: torch.Tensor) -> torch.Tensor:
         ctx.replay = replay
         return embeddings.clone()
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        ctx.replay(grad)
-        return None, None
+        return (None, None, *ctx.replay(grad))
 
 
-def cached_embed(embed: Callable[[dict], torch.Tensor], batch: dict, chunks: list[dict]) -> torch.Tensor:
-    """Embeddings [N, D] of ``batch`` in ``chunks`` (row ranges covering 0..N in order), GradCache-style.
+def cached_embed(embed: Callable[[dict], torch.Tensor], batch: dict, chunks: list[dict],
+                 params: list[torch.Tensor]) -> torch.Tensor:
+    """Embeddings [N, D] of ``batch`` in ``chunks`` (row ranges covering 0..N in order), GradCache-style;
+    ``params`` are the trainable parameters ``embed`` uses (they receive the summed gradient of all chunks).
 
     Outside autograd (no grad enabled) this is simply the chunked forward.
     """
@@ -65,7 +69,8 @@ def cached_embed(embed: Callable[[dict], torch.Tensor], batch: dict, chunks: lis
             states.append(_RngState(device))
             outputs.append(embed(take(batch, chunk)))
 
-    def replay(grad: torch.Tensor) -> None:
+    def replay(grad: torch.Tensor) -> list[torch.Tensor | None]:
+        totals: list[torch.Tensor | None] = [None] * len(params)
         devices = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices, device_type=device.type), torch.enable_grad():
             for chunk, state in zip(chunks, states):
@@ -73,7 +78,11 @@ def cached_embed(embed: Callable[[dict], torch.Tensor], batch: dict, chunks: lis
                 with torch.autocast(**autocast):
                     out = embed(take(batch, chunk))
                 start, end = chunk["rows"]
-                torch.autograd.backward(out, grad[start:end].to(out.dtype))
+                grads = torch.autograd.grad(out, params, grad[start:end].to(out.dtype), allow_unused=True)
+                for i, g in enumerate(grads):
+                    if g is not None:
+                        totals[i] = g if totals[i] is None else totals[i].add_(g)
+        return totals
 
     cached = torch.cat(outputs)
-    return _Replay.apply(cached.detach().requires_grad_(), replay)
+    return _Replay.apply(cached.detach().requires_grad_(), replay, *params)

@@ -93,7 +93,8 @@ class ContrastiveModule(pl.LightningModule):
             if step["chunks"] is None:
                 vectors = self.embedder(step["inputs"])
             else:
-                vectors = cached_embed(self.embedder, step["inputs"], step["chunks"])
+                trainable = [p for p in self.embedder.parameters() if p.requires_grad]
+                vectors = cached_embed(self.embedder, step["inputs"], step["chunks"], trainable)
                 if step["restore"] is not None:
                     vectors = vectors[step["restore"]]
             for side, part in zip(step["sides"], vectors.split(step["sizes"])):

@@ -41,10 +41,6 @@ def _strategy(cfg: DictConfig, method) -> dict:
     if method.trains_tower and "DDP" in target:
         # a tower gets no gradient from text-only batches: DDP must look for unused parameters
         kwargs["find_unused_parameters"] = True
-    if cfg.loss.get("cache_chunk") and "DDP" in target:
-        # GradCache re-runs each chunk inside backward, so a parameter's gradient arrives once per chunk;
-        # static_graph lets DDP count those arrivals instead of failing with "marked ready twice"
-        kwargs["static_graph"] = True
     return {"strategy": instantiate(strategy, **kwargs)} if kwargs else {}
 
 
