@@ -28,20 +28,25 @@ def embedding_card(embedder, method) -> dict:
     }
 
 
+def save_embedder(embedder, method, folder: str | Path) -> Path:
+    """Write ``folder`` as a run's ``adapter/``: the method's weights (a peft adapter folder for LoRA), the
+    processor/tokenizer, and ``lco_embedding.json`` (see ``embedding_card``); ``load_embedder`` reads it back."""
+    folder = Path(folder)
+    method.save(embedder, folder)
+    embedder.backbone.processor.save_pretrained(folder)
+    (folder / "lco_embedding.json").write_text(json.dumps(embedding_card(embedder, method), indent=2))
+    return folder
+
+
 class SaveEmbedder(pl.Callback):
-    """At the end of fit, rank 0 writes ``dirpath``: the method's weights (a peft adapter folder for LoRA),
-    the processor/tokenizer, and ``lco_embedding.json`` (see ``embedding_card``)."""
+    """At the end of fit, rank 0 writes ``dirpath`` with ``save_embedder``."""
 
     def __init__(self, dirpath: str):
         self.dirpath = Path(dirpath)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module) -> None:
-        if not trainer.is_global_zero:
-            return
-        embedder = pl_module.embedder
-        pl_module.method.save(embedder, self.dirpath)
-        embedder.backbone.processor.save_pretrained(self.dirpath)
-        (self.dirpath / "lco_embedding.json").write_text(json.dumps(embedding_card(embedder, pl_module.method), indent=2))
+        if trainer.is_global_zero:
+            save_embedder(pl_module.embedder, pl_module.method, self.dirpath)
 
 
 class Probe(pl.Callback):

@@ -25,6 +25,15 @@ def read_card(folder: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
+def embedder_from_card(card: dict, base: str, dtype: str = "auto") -> Embedder:
+    """The backbone at ``base`` with the card's prompts, pooling and media settings, without the method's weights."""
+    backbone = load_backbone(card["family"], base, dtype=dtype)
+    prompter = Prompter(suffixes=card["prompt_suffixes"], system=card.get("system_prompt"))
+    return Embedder(backbone, pooling=card["pooling"], normalize=card["normalize"],
+                    max_text_tokens=card["max_text_tokens"], prompter=prompter,
+                    **{k: card[k] for k in ("image_max_size", "audio_max_seconds", "video_max_frames") if k in card})
+
+
 def load_embedder(folder: str | Path, dtype: str = "auto", device: str | None = None) -> Embedder:
     from lco.methods import METHODS
 
@@ -32,12 +41,7 @@ def load_embedder(folder: str | Path, dtype: str = "auto", device: str | None = 
     if card.get("method") not in METHODS:
         raise ValueError(f"{Path(folder) / CARD}: unknown method {card.get('method')!r}; known: {sorted(METHODS)}.")
     method = METHODS[card["method"]]
-    base = str(folder) if method.saves_full_model else card["base_model"]
-    backbone = load_backbone(card["family"], base, dtype=dtype)
-    prompter = Prompter(suffixes=card["prompt_suffixes"], system=card.get("system_prompt"))
-    embedder = Embedder(backbone, pooling=card["pooling"], normalize=card["normalize"],
-                        max_text_tokens=card["max_text_tokens"], prompter=prompter,
-                        **{k: card[k] for k in ("image_max_size", "audio_max_seconds", "video_max_frames") if k in card})
+    embedder = embedder_from_card(card, str(folder) if method.saves_full_model else card["base_model"], dtype)
     method.load(embedder, folder)
     if device is not None:
         embedder.to(device)
