@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -44,3 +46,9 @@ def tiny_backbone():
         return load_backbone(TINY_FAMILIES[name], f"lco-tiny/{name}", dtype="float32")
 
     return load
+
+
+def run_entry(module: str, tmp_path, *args: str) -> subprocess.CompletedProcess:
+    """``python -m <module> <args>`` as a user runs it: a subprocess with the hub offline, runs under ``tmp_path/logs``."""
+    return subprocess.run([sys.executable, "-m", module, f"paths.log_dir={tmp_path / 'logs'}", *args],
+                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)

@@ -34,12 +34,17 @@ class ItemEncoder:
 
     def truncate(self, texts: list[str]) -> list[str]:
         """Cut each item's own text to ``max_text_tokens`` tokens (the prompt around it is kept whole). One
-        batched tokenizer call for all texts; only the texts that are too long are decoded back."""
-        if not texts:
-            return []
-        ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
-        return [text if len(row) <= self.max_text_tokens else self.tokenizer.decode(row[: self.max_text_tokens])
-                for text, row in zip(texts, ids)]
+        batched tokenizer call for the texts that could be too long; only those that are get decoded back."""
+        # a byte-level BPE token covers at least one UTF-8 byte: texts of <= max_text_tokens bytes need no check
+        long = [i for i, text in enumerate(texts) if len(text.encode()) > self.max_text_tokens]
+        if not long:
+            return list(texts)
+        ids = self.tokenizer([texts[i] for i in long], add_special_tokens=False)["input_ids"]
+        out = list(texts)
+        for i, row in zip(long, ids):
+            if len(row) > self.max_text_tokens:
+                out[i] = self.tokenizer.decode(row[: self.max_text_tokens])
+        return out
 
     def _media(self, items: list[dict]) -> dict:
         media: dict[str, list] = {"images": [], "videos": [], "audio": []}

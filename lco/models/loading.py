@@ -41,7 +41,9 @@ def load_embedder(folder: str | Path, dtype: str = "auto", device: str | None = 
     if card.get("method") not in METHODS:
         raise ValueError(f"{Path(folder) / CARD}: unknown method {card.get('method')!r}; known: {sorted(METHODS)}.")
     method = METHODS[card["method"]]
-    embedder = embedder_from_card(card, str(folder) if method.saves_full_model else card["base_model"], dtype)
+    # base_model "." (an exported linear probe): the backbone is the folder itself, wherever it was moved
+    own = method.saves_full_model or card["base_model"] == "."
+    embedder = embedder_from_card(card, str(folder) if own else card["base_model"], dtype)
     method.load(embedder, folder)
     if device is not None:
         embedder.to(device)
