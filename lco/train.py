@@ -30,7 +30,11 @@ def _instantiate_group(group: DictConfig | None) -> list:
 def _strategy(cfg: DictConfig, method) -> dict:
     """Trainer kwargs that adapt the configured DDP strategy to the method and loss (else ``{}``)."""
     strategy = cfg.trainer.get("strategy")
-    target = str(strategy.get("_target_", "")) if strategy is not None else ""
+    # a node with _target_ (conf/trainer/*.yaml) or a Lightning strategy name ("ddp", "fsdp", "deepspeed_stage_2")
+    target = str(strategy.get("_target_", "")) if isinstance(strategy, DictConfig) else str(strategy or "")
+    named = not isinstance(strategy, DictConfig)
+    if named and ("fsdp" in target.lower() or "deepspeed" in target.lower()):
+        target = "FSDP" if "fsdp" in target.lower() else "DeepSpeed"
     kwargs = {}
     if cfg.loss.get("cache_chunk") and ("FSDP" in target or "DeepSpeed" in target):
         raise ConfigError(
@@ -38,8 +42,10 @@ def _strategy(cfg: DictConfig, method) -> dict:
             f"ddp_cpu, not with {target.rsplit('.', 1)[-1]}: its re-forward inside backward would meet sharded "
             "parameters lco has not tested. Use trainer=ddp (LoRA's trainable weights are small), or set "
             "loss.cache_chunk=null.")
-    if method.trains_tower and "DDP" in target:
+    if method.trains_tower and ("DDP" in target or (named and target.startswith("ddp"))):
         # a tower gets no gradient from text-only batches: DDP must look for unused parameters
+        if named:
+            return {"strategy": "ddp_find_unused_parameters_true"}
         kwargs["find_unused_parameters"] = True
     return {"strategy": instantiate(strategy, **kwargs)} if kwargs else {}
 

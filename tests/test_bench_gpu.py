@@ -22,7 +22,7 @@ def test_published_3b_shapes_and_flops():
     # by hand: per layer q,o 2048x2048, k,v 2048x256, MLP 3 x 2048x11008
     n = 36 * (2 * 2048 * 2048 + 2 * 2048 * 256 + 3 * 2048 * 11008)
     assert n == pytest.approx(2.77e9, rel=0.01)  # the 3B's decoder without its 311M-parameter embedding
-    assert model_flops_per_token(text, 128) == 4 * n + 8 * 36 * 16 * 128 * 128
+    assert model_flops_per_token(text, 128) == 4 * n + 12 * 36 * 16 * 128 * 128  # attention: fwd 4, bwd 8
     assert isinstance(thinker_config("omni_7b"), transformers.Qwen2_5OmniThinkerConfig) and set(SIZES) == {"omni_3b", "omni_7b"}
 
 
@@ -39,15 +39,17 @@ def test_dry_run_writes_results(tmp_path):
     result = run(compose_train(tmp_path, DRY + [f"output_dir={tmp_path}"], config_name="bench_gpu"))
     saved = json.loads((tmp_path / "gpu_results.json").read_text())
     small, large = saved["scenarios"]
-    assert (small["batch"], small["chunk"], large["batch"], large["chunk"]) == (3, None, 6, 3)
+    assert (small["batch"], small["chunk"], large["batch"], large["chunk"]) == (3, None, 6, 9)  # chunk: 3 sides x 3
     assert large["tokens_per_s"] == pytest.approx(3 * 6 * 12 / large["step_s"])
     assert result["peak_tflops"] is None and large["mfu"] is None  # no MFU without a known device peak
-    assert "| 6 | 3 |" in (tmp_path / "gpu_results.md").read_text()
+    assert "| 6 | 9 |" in (tmp_path / "gpu_results.md").read_text()
 
 
 def test_bad_settings_fail_before_building(tmp_path):
     with pytest.raises(ConfigError, match="multiple of per_device_batch"):
         run(compose_train(tmp_path, DRY[:2] + ["per_device_batch=4", "global_batch=6"], config_name="bench_gpu"))
+    with pytest.raises(ConfigError, match="must exceed warmup"):
+        run(compose_train(tmp_path, DRY[:2] + ["steps=2", "warmup=2"], config_name="bench_gpu"))
     if torch.cuda.is_available():
         return
     with pytest.raises(ConfigError, match="needs a CUDA GPU"):

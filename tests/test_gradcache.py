@@ -14,6 +14,7 @@ from lco.config import ConfigError
 from lco.data.collate import TripletCollator
 from lco.gradcache import cached_embed
 from lco.losses import InfoNCE
+from lco.methods.clip import ClipStyle
 from lco.methods.lora import LoRA
 from lco.models.backbone import load_backbone
 from lco.models.batching import BatchLayoutError, fuse, plan_chunks, take
@@ -157,8 +158,8 @@ def test_gradcache_leaves_the_random_stream_where_the_plain_path_would():
 
 def test_unknown_batch_tensor_cannot_be_chunked():
     batch = {"input_ids": torch.ones(2, 3, dtype=torch.long), "attention_mask": torch.ones(2, 3, dtype=torch.long),
-             "second_per_grid_ts": torch.ones(2)}
-    with pytest.raises(BatchLayoutError, match="second_per_grid_ts.*loss.cache_chunk=null"):
+             "rope_deltas": torch.ones(2)}
+    with pytest.raises(BatchLayoutError, match="rope_deltas.*loss.cache_chunk=null"):
         plan_chunks(batch, 1)
 
 
@@ -169,3 +170,10 @@ def test_cache_chunk_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="not with FSDPStrategy"):
         _strategy(cfg, LoRA())
     assert _strategy(compose_train(tmp_path, ["trainer=ddp_cpu", "loss.cache_chunk=8"]), LoRA()) == {}
+    with pytest.raises(ConfigError, match="not with DeepSpeed"):  # Lightning's strategy names too
+        _strategy(compose_train(tmp_path, ["+trainer.strategy=deepspeed_stage_2", "loss.cache_chunk=8"]), LoRA())
+    clip = ClipStyle(train_vision=True)
+    assert _strategy(compose_train(tmp_path, ["+trainer.strategy=ddp"]), clip) == {
+        "strategy": "ddp_find_unused_parameters_true"}
+    assert _strategy(compose_train(tmp_path, ["trainer=ddp_cpu"]), clip)["strategy"]._ddp_kwargs[
+        "find_unused_parameters"] is True

@@ -7,18 +7,21 @@ method (LoRA r=64 by default), turns on non-reentrant gradient checkpointing, an
 ``seq_len`` tokens per item:
 
 - ``per_device_batch`` triplets without GradCache (the reference: 33 per GPU), and
-- ``global_batch`` triplets on this one device through GradCache in chunks of ``per_device_batch`` items
-  (the reference's global 1056, which it spreads over 32 GPUs).
+- ``global_batch`` triplets on this one device through GradCache, each chunk one device's fused forward pass
+  (``3 x per_device_batch`` items: anchors, positives, negatives), the reference's global 1056 that it spreads
+  over 32 GPUs.
 
 Reported per scenario: seconds per step, tokens/s, model-FLOP utilisation and peak memory. Model FLOPs per
-token are ``4 N + 8 L H Q T`` (N decoder matmul parameters, L layers, H heads, Q head dim, T tokens per item):
-forward plus the backward for activations; a frozen base needs no weight gradients, and recomputation
+token are ``4 N + 12 L H Q T`` (N decoder matmul parameters, L layers, H heads, Q head dim, T tokens per item):
+forward (2N + 4LHQT) plus the backward for activations (2N for the frozen weights, which need no weight
+gradients; 8LHQT for attention, which has no weights and needs gradients for Q, K and V); recomputation
 (checkpointing, GradCache's second forward) is not counted, as MFU conventionally does. ``size=dry_run`` builds
 a tiny twin on CPU so the tests run the same code. Results: ``${output_dir}/gpu_results.{md,json}``.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import platform
 import statistics
@@ -49,7 +52,9 @@ SIZES = {
                              num_attention_heads=28, num_key_value_heads=4, tie_word_embeddings=False),
                 "vision": dict(_VISION, out_hidden_size=3584), "audio": dict(_AUDIO, output_dim=3584)},
 }
-PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.1}  # dense, per device
+# dense bf16 TFLOP/s per device, matched against the device name in this order (more specific names first)
+PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.4, "H200": 989.4, "A100": 312.0,
+                    "L40S": 362.1}
 
 
 def thinker_config(size: str):
@@ -63,12 +68,12 @@ def thinker_config(size: str):
 
 
 def model_flops_per_token(text_config, seq_len: int) -> float:
-    """``4 N + 8 L H Q T``: decoder matmul parameters N (attention + MLP, no embeddings; the LM head never runs)."""
+    """``4 N + 12 L H Q T``: decoder matmul parameters N (attention + MLP, no embeddings; the LM head never runs)."""
     c = text_config
     q = c.hidden_size // c.num_attention_heads
     attn = c.hidden_size * q * (2 * c.num_attention_heads + 2 * c.num_key_value_heads)
     n = c.num_hidden_layers * (attn + 3 * c.hidden_size * c.intermediate_size)
-    return 4 * n + 8 * c.num_hidden_layers * c.num_attention_heads * q * seq_len
+    return 4 * n + 12 * c.num_hidden_layers * c.num_attention_heads * q * seq_len
 
 
 def _module(cfg: DictConfig, device: torch.device, chunk: int | None):
@@ -104,6 +109,9 @@ def scenario(cfg: DictConfig, device: torch.device, batch_size: int, chunk: int 
     """Time ``cfg.steps`` training steps (first ``cfg.warmup`` not counted) of one (batch, chunk) setting."""
     from pytorch_lightning.utilities import move_data_to_device
 
+    gc.collect()  # the previous scenario's model (reference cycles) must be gone before memory is measured
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     module = _module(cfg, device, chunk)
     optimizer = module.configure_optimizers()
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -151,12 +159,14 @@ def run(cfg: DictConfig) -> dict:
         raise ConfigError(f"size={cfg.size!r}: choose one of {sorted(SIZES)} or dry_run (tiny, CPU).")
     if cfg.global_batch % cfg.per_device_batch:
         raise ConfigError(f"global_batch={cfg.global_batch} must be a multiple of per_device_batch="
-                          f"{cfg.per_device_batch} (GradCache chunks of per_device_batch items).")
+                          f"{cfg.per_device_batch} (GradCache chunks of one device's triplets).")
+    if cfg.steps <= cfg.warmup:
+        raise ConfigError(f"steps={cfg.steps} must exceed warmup={cfg.warmup}: no step would be timed.")
     device = torch.device("cuda" if torch.cuda.is_available() and cfg.size != "dry_run" else "cpu")
     if device.type == "cpu" and cfg.size != "dry_run":
         raise ConfigError(f"size={cfg.size} needs a CUDA GPU (none visible); use size=dry_run to check the script.")
     rows = [scenario(cfg, device, cfg.per_device_batch, None),
-            scenario(cfg, device, cfg.global_batch, cfg.per_device_batch)]
+            scenario(cfg, device, cfg.global_batch, 3 * cfg.per_device_batch)]  # a chunk = one device's fused pass
     result = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": platform.platform(),
               "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
               "size": cfg.size, "seq_len": cfg.seq_len, "method": OmegaConf.to_container(cfg.method),

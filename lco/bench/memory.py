@@ -11,6 +11,7 @@ within 1.3x of its peak at B=32.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import subprocess
 import sys
@@ -55,6 +56,7 @@ def measure_point(cfg: DictConfig, batch_size: int, chunk: int | None) -> dict:
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
     else:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed heap back, so the step cannot hide in reused memory
         Path("/proc/self/clear_refs").write_text("5")  # Linux: reset the peak resident set to the current one
         before, hwm_before = _status_kib("VmRSS"), _status_kib("VmHWM")
     loss = module.loss_fn(*module._embed_triplets(batch))
@@ -73,6 +75,11 @@ def measure_point(cfg: DictConfig, batch_size: int, chunk: int | None) -> dict:
 
 def part_c(cfg: DictConfig, device: torch.device) -> tuple[dict, list[str]]:
     """Every (batch, chunk) point of ``cfg.memory`` in its own process; returns (results, markdown lines)."""
+    if not cfg.memory.chunk or len(cfg.memory.batches) < 2:
+        from lco.config import ConfigError
+
+        raise ConfigError(f"bench part c needs memory.chunk (a GradCache chunk, got {cfg.memory.chunk}) and at least "
+                          f"two memory.batches (got {list(cfg.memory.batches)}).")
     points = []
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.yaml"

@@ -24,7 +24,8 @@ ROW_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
 MEDIA = {
     "image": ("image_token_id", "image_grid_thw", {"pixel_values": "grid", "image_grid_thw": "one"}),
     "video": ("video_token_id", "video_grid_thw", {"pixel_values_videos": "grid", "video_grid_thw": "one",
-                                                    "video_second_per_grid": "one"}),
+                                                    "video_second_per_grid": "one",  # Omni
+                                                    "second_per_grid_ts": "one"}),  # Qwen2.5-VL
     "audio": ("audio_token_id", None, {"input_features": "one", "feature_attention_mask": "one"}),
 }
 TEXT_ONLY = frozenset(ROW_KEYS)
