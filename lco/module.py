@@ -101,10 +101,14 @@ class ContrastiveModule(pl.LightningModule):
                 out[side] = part
         return out[0], out[1], out[2] if batch["sides"] == 3 else None
 
+    def batch_loss(self, batch) -> torch.Tensor:
+        """The training loss (scalar) of a planned batch (``on_before_batch_transfer``'s output, on the device)."""
+        return self.loss_fn(*self._embed_triplets(batch))
+
     def training_step(self, batch, batch_idx):
         if self._t0 is None:
             self._t0 = time.perf_counter()
-        loss = self.loss_fn(*self._embed_triplets(batch))
+        loss = self.batch_loss(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["rows"])
         self.log("train/temperature", 1.0 / self.loss_fn.scale().detach(), batch_size=1)
         self.history["train/loss"].append(loss.detach())

@@ -49,7 +49,7 @@ def _module(chunk=None, fuse_max_padding=None, dropout=0.0):
 def _loss_and_grads(module, records, seed=1):
     batch = module.on_before_batch_transfer(TripletCollator(module.embedder.encoder)(records), 0)
     torch.manual_seed(seed)
-    loss = module.loss_fn(*module._embed_triplets(batch))
+    loss = module.batch_loss(batch)
     loss.backward()
     grads = {n: p.grad.clone() for n, p in module.named_parameters() if p.requires_grad}
     return loss.detach(), grads, batch

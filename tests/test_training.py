@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 from peft import PeftModel
 from transformers import AutoTokenizer, Qwen2_5OmniThinkerForConditionalGeneration
@@ -102,3 +103,17 @@ def test_wandb_offline_writes_a_local_run(tmp_path, monkeypatch):
     runs = list(tmp_path.rglob("offline-run-*"))
     assert runs and metrics["train/loss"] > 0
     assert list(runs[0].rglob("*.wandb"))
+
+
+def test_a_run_shorter_than_its_warmup_warms_up_over_a_tenth():
+    from lco.optim import build_scheduler, effective_warmup
+
+    assert effective_warmup(100, 1000) == 100 and effective_warmup(100, 50) == 5 and effective_warmup(10, 5) == 1
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = build_scheduler(optimizer, total_steps=50, warmup_steps=100)
+    rates = []
+    for _ in range(6):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates[:6] == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])  # peak reached after 5 warmup steps

@@ -123,7 +123,7 @@ def scenario(cfg: DictConfig, device: torch.device, batch_size: int, chunk: int 
                                     device)
         start = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            loss = module.loss_fn(*module._embed_triplets(batch))
+            loss = module.batch_loss(batch)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -4,8 +4,8 @@ Each point (batch size B, cache chunk or none) runs in a fresh process, so one p
 hide another's: build the model and LoRA (``loop.build``), collate B text triplets, plan them as
 ``ContrastiveModule`` does (fused sides, chunks), then one forward + loss + backward + AdamW step. Measured:
 on CUDA ``torch.cuda.max_memory_allocated`` during the step; on CPU the process's peak resident set
-(``VmHWM``, reset just before the step through ``/proc/self/clear_refs``) minus its resident set before it (the step's own memory: activations,
-gradients, optimizer state) and the whole process's peak. Goal (issue 7): the cached step's peak at B=1024
+(``VmHWM``, reset just before the step through ``/proc/self/clear_refs``) minus its resident set before it
+(the step's own memory: activations, gradients, optimizer state) and the whole process's peak. Goal (issue 7): the cached step's peak at B=1024
 within 1.3x of its peak at B=32.
 """
 
@@ -20,7 +20,14 @@ from functools import partial
 from pathlib import Path
 
 import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.utilities import move_data_to_device
+
+from lco.bench.loop import build
+from lco.config import ConfigError
+from lco.data.collate import TripletCollator
+from lco.module import ContrastiveModule
 
 
 def _status_kib(field: str) -> int:
@@ -32,10 +39,6 @@ def _status_kib(field: str) -> int:
 
 def measure_point(cfg: DictConfig, batch_size: int, chunk: int | None) -> dict:
     """One training step at ``batch_size`` triplets (GradCache chunk ``chunk`` items, or none); memory in MiB."""
-    from lco.bench.loop import build
-    from lco.data.collate import TripletCollator
-    from lco.module import ContrastiveModule
-
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with open_dict(cfg):
         cfg.loss.cache_chunk = chunk
@@ -43,13 +46,8 @@ def measure_point(cfg: DictConfig, batch_size: int, chunk: int | None) -> dict:
     module = ContrastiveModule(embedder, method=method, loss=loss_fn, optimizer=partial(torch.optim.AdamW, lr=cfg.lr),
                                gradient_checkpointing=False, fuse_max_padding=cfg.fuse_max_padding).to(device)
     optimizer = module.configure_optimizers()
-    from hydra.utils import instantiate
-
     records = instantiate(cfg.source, n=batch_size).load()
-    batch = module.on_before_batch_transfer(TripletCollator(embedder.encoder)(records), 0)
-    from pytorch_lightning.utilities import move_data_to_device
-
-    batch = move_data_to_device(batch, device)
+    batch = move_data_to_device(module.on_before_batch_transfer(TripletCollator(embedder.encoder)(records), 0), device)
     tokens = sum(int(p["inputs"]["attention_mask"].sum()) for p in batch["passes"])
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -59,7 +57,7 @@ def measure_point(cfg: DictConfig, batch_size: int, chunk: int | None) -> dict:
         ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed heap back, so the step cannot hide in reused memory
         Path("/proc/self/clear_refs").write_text("5")  # Linux: reset the peak resident set to the current one
         before, hwm_before = _status_kib("VmRSS"), _status_kib("VmHWM")
-    loss = module.loss_fn(*module._embed_triplets(batch))
+    loss = module.batch_loss(batch)
     loss.backward()
     optimizer.step()
     if device.type == "cuda":
@@ -76,8 +74,6 @@ def measure_point(cfg: DictConfig, batch_size: int, chunk: int | None) -> dict:
 def part_c(cfg: DictConfig, device: torch.device) -> tuple[dict, list[str]]:
     """Every (batch, chunk) point of ``cfg.memory`` in its own process; returns (results, markdown lines)."""
     if not cfg.memory.chunk or len(cfg.memory.batches) < 2:
-        from lco.config import ConfigError
-
         raise ConfigError(f"bench part c needs memory.chunk (a GradCache chunk, got {cfg.memory.chunk}) and at least "
                           f"two memory.batches (got {list(cfg.memory.batches)}).")
     points = []
@@ -114,5 +110,4 @@ def part_c(cfg: DictConfig, device: torch.device) -> tuple[dict, list[str]]:
 
 if __name__ == "__main__":  # one point: python -m lco.bench.memory <config.yaml> <batch> <chunk|None>
     config, size, chunk_arg = sys.argv[1:4]
-    torch.set_num_threads(torch.get_num_threads())
     print(json.dumps(measure_point(OmegaConf.load(config), int(size), None if chunk_arg == "None" else int(chunk_arg))))

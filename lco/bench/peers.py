@@ -35,18 +35,18 @@ from transformers import TrainerCallback
 from lco.bench.loop import _sync, build, lco_loop
 from lco.data.collate import TripletCollator
 from lco.models.backbone import resolve_path
+from lco.optim import effective_warmup
 
 SIDES = ("anchor", "positive", "negative")
 
 
 def peer_cfg(cfg: DictConfig, cache_chunk: int | None = None) -> DictConfig:
-    """``cfg`` with ``model`` = ``peer_model`` and part (b)'s sizes; ``loss.cache_chunk`` set when given."""
+    """``cfg`` with ``model`` = ``peer_model``, part (b)'s sizes and ``loss.cache_chunk``."""
     out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     with open_dict(out):
         out.model = out.peer_model
         out.batch_size, out.steps = out.peers.batch_size, out.peers.steps
-        if cache_chunk is not None or "cache_chunk" in out.loss:
-            out.loss.cache_chunk = cache_chunk
+        out.loss.cache_chunk = cache_chunk
     return out
 
 
@@ -146,11 +146,6 @@ class StepBegins(TrainerCallback):
         return [b - a for a, b in zip(self.starts, self.starts[1:])]
 
 
-def lco_warmup(cfg: DictConfig) -> int:
-    """The warmup lco's ``build_scheduler`` uses for ``cfg.steps`` steps (a tenth of a run shorter than it)."""
-    return cfg.warmup_steps if cfg.warmup_steps < cfg.steps else max(1, cfg.steps // 10)
-
-
 def _in_order(dataset, batch_size, drop_last, valid_label_columns=None, generator=None, seed=0):
     """ST's documented batch-sampler hook, used to read the triplets in lco's order (ST shuffles by default)."""
     from sentence_transformers.base.sampler import DefaultBatchSampler
@@ -172,7 +167,7 @@ def st_train(st, columns: dict[str, list[str]], cfg: DictConfig, scale: float, c
         args = SentenceTransformerTrainingArguments(
             output_dir=out, max_steps=cfg.steps, per_device_train_batch_size=cfg.batch_size,
             learning_rate=cfg.lr, weight_decay=0.01, optim="adamw_torch",  # torch.optim.AdamW's defaults, as lco
-            lr_scheduler_type="linear", warmup_steps=lco_warmup(cfg), max_grad_norm=0.0,  # lco does not clip
+            lr_scheduler_type="linear", warmup_steps=effective_warmup(cfg.warmup_steps, cfg.steps), max_grad_norm=0.0,  # lco does not clip
             seed=cfg.seed, report_to="none", save_strategy="no", eval_strategy="no",
             dataloader_num_workers=0, dataloader_pin_memory=device.type == "cuda", batch_sampler=_in_order,
             use_cpu=device.type != "cuda")
@@ -216,8 +211,7 @@ def render_seconds(encoder, records: list[dict], batch_size: int) -> float:
 
 def part_b(cfg: DictConfig, device: torch.device) -> tuple[dict, list[str]]:
     p = cfg.peers
-    cached = peer_cfg(cfg, p.chunk)
-    plain, base = peer_cfg(cfg), peer_cfg(cfg)
+    cached, base = peer_cfg(cfg, p.chunk), peer_cfg(cfg)
     records = load_records(base)
     start, method, columns, scale = lco_start(base, records)
     rounds = []
@@ -226,7 +220,7 @@ def part_b(cfg: DictConfig, device: torch.device) -> tuple[dict, list[str]]:
         row["lco_cached_s"] = statistics.median(lco_train(cached, records, device)[0][p.warmup:])
         row["st_cached_s"] = statistics.median(st_run(base, start, method, columns, scale, p.chunk,
                                                       device)[0][p.warmup:])
-        row["lco_s"] = statistics.median(lco_train(plain, records, device)[0][p.warmup:])
+        row["lco_s"] = statistics.median(lco_train(base, records, device)[0][p.warmup:])
         for key in [k for k in row if k.startswith("lco")]:
             row[key[:-2] + "_ratio"] = row["st_cached_s"] / row[key]  # = triplets/s lco / triplets/s ST
         rounds.append(row)
