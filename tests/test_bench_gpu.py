@@ -54,3 +54,23 @@ def test_bad_settings_fail_before_building(tmp_path):
         return
     with pytest.raises(ConfigError, match="needs a CUDA GPU"):
         run(compose_train(tmp_path, ["size=omni_3b"], config_name="bench_gpu"))
+
+
+def test_nf4_path_reloads_the_same_model_and_skips_global(tmp_path, monkeypatch):
+    """quantization=nf4 saves the random model as an HF folder and reloads it through load_backbone (the users'
+    QLoRA path). bitsandbytes needs CUDA, so here the quantizer is switched off: the reloaded model must then give
+    the directly built model's loss, and global_batch=null times the per-device scenario alone."""
+    import lco.models.backbone as backbone
+
+    args = DRY + ["method.dropout=0", "global_batch=null", f"output_dir={tmp_path}"]
+    direct = run(compose_train(tmp_path, args, config_name="bench_gpu"))
+    with pytest.raises(ConfigError, match="quantization=nf4 loads the base in 4-bit"):
+        run(compose_train(tmp_path, args + ["quantization=nf4"], config_name="bench_gpu"))
+    monkeypatch.setattr("lco.models.quantization.environment_problem", lambda value: None)
+    monkeypatch.setattr(backbone, "from_pretrained_kwargs", lambda value: {})
+    reloaded = run(compose_train(tmp_path, args + ["quantization=nf4"], config_name="bench_gpu"))
+    assert len(direct["scenarios"]) == len(reloaded["scenarios"]) == 1 and reloaded["quantization"] == "nf4"
+    assert reloaded["scenarios"][0]["losses"] == pytest.approx(direct["scenarios"][0]["losses"], abs=1e-5)
+    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == []  # the saved folder is removed
+    with pytest.raises(ConfigError, match="quantization='int8' is not supported"):
+        run(compose_train(tmp_path, args + ["quantization=int8"], config_name="bench_gpu"))

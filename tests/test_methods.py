@@ -92,3 +92,38 @@ def test_clip_under_ddp_with_text_only_batches(tmp_path):
                            "trainer.limit_val_batches=0", "logger=none", f"paths.log_dir={tmp_path}"],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_lora_on_bf16_base_skips_the_fp32_input_copy_only_under_autocast():
+    """peft casts a LoRA layer's bf16 input to its fp32 adapter dtype; under autocast lco's pre-hook skips that
+    copy (it changes no value), and without autocast the cast stays (a bf16 x fp32 matmul would fail)."""
+    from lco.methods.lora import skip_upcast_under_autocast
+    from lco.models.backbone import load_backbone
+
+    def embedder(dtype):
+        torch.manual_seed(0)
+        emb = Embedder(load_backbone("qwen2", "lco-tiny/tiny_text", dtype=dtype))
+        LoRA(r=4, alpha=8, dropout=0.0).apply(emb)
+        for name, p in emb.named_parameters():  # non-zero B: the adapters change the output
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.05, generator=torch.Generator().manual_seed(len(name)))
+        return emb
+
+    inputs = TripletCollator(embedder("float32").encoder)(SceneTriplets(n=4).load())["anchor"]
+    assert skip_upcast_under_autocast(embedder("float32").model) == 0  # fp32 base: no hook at all
+    hooked = embedder("bfloat16")
+    layers = [m for m in hooked.modules() if hasattr(m, "cast_input_dtype_enabled")]
+    assert len(layers) == 2 * 7 and layers[0]._forward_pre_hooks_with_kwargs  # 2 layers x 7 targets
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        fast = hooked(inputs)
+        assert not any(m.cast_input_dtype_enabled for m in layers)
+        for m in layers:  # peft's own path: the input cast to fp32 first
+            m._forward_pre_hooks.clear()
+            m.cast_input_dtype_enabled = True
+        upcast = hooked(inputs)
+    assert torch.equal(fast, upcast)  # bf16 -> fp32 is exact and autocast multiplies in bf16 either way
+    plain = embedder("bfloat16")
+    with torch.no_grad():
+        out = plain(inputs)  # no autocast: the hook leaves peft's cast on, so bf16 x fp32 adapters still work
+    assert all(m.cast_input_dtype_enabled for m in plain.modules() if hasattr(m, "cast_input_dtype_enabled"))
+    assert torch.isfinite(out).all()

@@ -2,14 +2,18 @@
 
 Builds the Qwen2.5-Omni thinker (decoder + vision + audio towers) from the published shapes (``SIZES``; FIELD_NOTES
 section 2) in bf16 on the GPU, wraps it in lco's ``Embedder`` with the real Qwen tokenizer and the configured
-method (LoRA r=64 by default), turns on non-reentrant gradient checkpointing, and times lco's training step
+method (LoRA r=64 by default), turns on non-reentrant gradient checkpointing (``gradient_checkpointing``), and
+times lco's training step
 (``ContrastiveModule``'s plan + embed + InfoNCE + backward + AdamW) on random-token text triplets of
 ``seq_len`` tokens per item:
 
 - ``per_device_batch`` triplets without GradCache (the reference: 33 per GPU), and
 - ``global_batch`` triplets on this one device through GradCache, each chunk one device's fused forward pass
   (``3 x per_device_batch`` items: anchors, positives, negatives), the reference's global 1056 that it spreads
-  over 32 GPUs.
+  over 32 GPUs (``global_batch=null`` skips it).
+
+``quantization=nf4`` saves the random model as an HF folder under ``output_dir`` and reloads it with
+``load_backbone`` in 4-bit NF4 (QLoRA, the users' path).
 
 Reported per scenario: seconds per step, tokens/s, model-FLOP utilisation and peak memory. Model FLOPs per
 token are ``4 N + 12 L H Q T`` (N decoder matmul parameters, L layers, H heads, Q head dim, T tokens per item):
@@ -35,6 +39,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lco.cli import entry
 from lco.config import ConfigError, check_config
+from lco.models import quantization
 
 _VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, patch_size=14,
                spatial_merge_size=2, temporal_patch_size=2, fullatt_block_indexes=[7, 15, 23, 31])
@@ -76,26 +81,50 @@ def model_flops_per_token(text_config, seq_len: int) -> float:
     return 4 * n + 12 * c.num_hidden_layers * c.num_attention_heads * q * seq_len
 
 
-def _module(cfg: DictConfig, device: torch.device, chunk: int | None):
+def _backbone(cfg: DictConfig, device: torch.device):
+    """The random-weight thinker as a ``Backbone``. With ``quantization=nf4`` it is saved as an HF folder under
+    ``output_dir`` and reloaded through ``load_backbone`` (the users' QLoRA path: 4-bit NF4 base)."""
+    import tempfile
+
     import transformers
 
-    from lco.models.backbone import Backbone
+    from lco.models.backbone import Backbone, load_backbone
     from lco.models.families import get_family
     from lco.models.tiny import build_processor
-    from lco.module import ContrastiveModule
 
     torch.manual_seed(cfg.seed)
     dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
     with torch.device(device):
         model = transformers.Qwen2_5OmniThinkerForConditionalGeneration._from_config(
             thinker_config(cfg.size), dtype=dtype, attn_implementation=cfg.attn_implementation)
-    backbone = Backbone(model=model, processor=build_processor("tiny_omni"), family=get_family("qwen2_5_omni"),
+    processor = build_processor("tiny_omni")
+    if cfg.quantization is None:
+        return Backbone(model=model, processor=processor, family=get_family("qwen2_5_omni"),
                         path=f"random-weights:{cfg.size}")
+    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cfg.output_dir) as folder:
+        model.save_pretrained(folder)
+        processor.save_pretrained(folder)
+        del model
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return load_backbone("qwen2_5_omni", folder, dtype=str(dtype).removeprefix("torch."),
+                             attn_implementation=cfg.attn_implementation,
+                             quantization=cfg.quantization)
+
+
+def _module(cfg: DictConfig, device: torch.device, chunk: int | None):
+    from lco.module import ContrastiveModule
+
+    backbone = _backbone(cfg, device)
     with open_dict(cfg):
         cfg.loss.cache_chunk = chunk
     module = ContrastiveModule(instantiate(cfg.embed)(backbone), instantiate(cfg.method), instantiate(cfg.loss),
-                               partial(torch.optim.AdamW, lr=1e-4), gradient_checkpointing=True).to(device)
-    module.embedder.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                               partial(torch.optim.AdamW, lr=1e-4),
+                               gradient_checkpointing=cfg.gradient_checkpointing).to(device)
+    if cfg.gradient_checkpointing:
+        module.embedder.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return module
 
 
@@ -153,11 +182,20 @@ def _peak_tflops(cfg: DictConfig, device: torch.device) -> float | None:
     return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
 
 
+def _overrides(cfg: DictConfig) -> list[str]:
+    """The command line's overrides (Hydra's record of them), or just the size when composed without Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [f"size={cfg.size}"]
+
+
 def run(cfg: DictConfig) -> dict:
     check_config(cfg)
     if cfg.size not in SIZES and cfg.size != "dry_run":
         raise ConfigError(f"size={cfg.size!r}: choose one of {sorted(SIZES)} or dry_run (tiny, CPU).")
-    if cfg.global_batch % cfg.per_device_batch:
+    if (problem := quantization.invalid_value(cfg.quantization)) is not None:
+        raise ConfigError(problem.replace(quantization.KEY, "quantization"))
+    if cfg.global_batch is not None and cfg.global_batch % cfg.per_device_batch:
         raise ConfigError(f"global_batch={cfg.global_batch} must be a multiple of per_device_batch="
                           f"{cfg.per_device_batch} (GradCache chunks of one device's triplets).")
     if cfg.steps <= cfg.warmup:
@@ -165,17 +203,24 @@ def run(cfg: DictConfig) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() and cfg.size != "dry_run" else "cpu")
     if device.type == "cpu" and cfg.size != "dry_run":
         raise ConfigError(f"size={cfg.size} needs a CUDA GPU (none visible); use size=dry_run to check the script.")
-    rows = [scenario(cfg, device, cfg.per_device_batch, None),
-            scenario(cfg, device, cfg.global_batch, 3 * cfg.per_device_batch)]  # a chunk = one device's fused pass
+    if (problem := quantization.environment_problem(cfg.quantization)) is not None:
+        raise ConfigError(problem.replace(quantization.KEY, "quantization"))
+    rows = [scenario(cfg, device, cfg.per_device_batch, None)]
+    if cfg.global_batch is not None:  # a chunk = one device's fused pass
+        rows.append(scenario(cfg, device, cfg.global_batch, 3 * cfg.per_device_batch))
     result = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": platform.platform(),
               "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
-              "size": cfg.size, "seq_len": cfg.seq_len, "method": OmegaConf.to_container(cfg.method),
+              "size": cfg.size, "quantization": cfg.quantization, "seq_len": cfg.seq_len,
+              "method": OmegaConf.to_container(cfg.method),
               "scenarios": rows, "peak_tflops": _peak_tflops(cfg, device)}
+    base = "4-bit NF4 base, bf16 compute" if cfg.quantization else rows[0]["dtype"]
+    packed = " (4-bit weights counted as stored: two per parameter)" if cfg.quantization else ""
     lines = [f"# lco GPU benchmark ({result['when']}, {result['device']}, torch {result['torch']})", "",
-             f"Qwen2.5-Omni thinker `{cfg.size}` from published shapes, random weights ({rows[0]['dtype']}); LoRA "
-             f"r={cfg.method.r}; "
-             f"gradient checkpointing; {cfg.seq_len} tokens per item, 3 items per triplet; {rows[0]['parameters']:,} "
-             f"parameters, {rows[0]['trainable']:,} trainable. Command: `python -m lco.bench.gpu size={cfg.size}`.",
+             f"Qwen2.5-Omni thinker `{cfg.size}` from published shapes, random weights ({base}); "
+             f"LoRA r={cfg.method.r}; "
+             f"gradient checkpointing {'on' if cfg.gradient_checkpointing else 'off'}; {cfg.seq_len} tokens per item, "
+             f"3 items per triplet; {rows[0]['parameters']:,} parameters{packed}, {rows[0]['trainable']:,} trainable. "
+             f"Command: `python -m lco.bench.gpu {' '.join(_overrides(cfg))}`.",
              "", "| triplets per step | GradCache chunk | s/step | tokens/s | model TFLOP/s | MFU | peak GiB |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
