@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 
+from lco.checkpointing import atomic_folder
+
 
 def embedding_card(embedder, method) -> dict:
     """What a user needs to reproduce embeddings outside lco: prompts, pooling, normalisation, base model."""
@@ -30,12 +32,13 @@ def embedding_card(embedder, method) -> dict:
 
 def save_embedder(embedder, method, folder: str | Path) -> Path:
     """Write ``folder`` as a run's ``adapter/``: the method's weights (a peft adapter folder for LoRA), the
-    processor/tokenizer, and ``lco_embedding.json`` (see ``embedding_card``); ``load_embedder`` reads it back."""
-    folder = Path(folder)
-    method.save(embedder, folder)
-    embedder.backbone.processor.save_pretrained(folder)
-    (folder / "lco_embedding.json").write_text(json.dumps(embedding_card(embedder, method), indent=2))
-    return folder
+    processor/tokenizer, and ``lco_embedding.json`` (see ``embedding_card``); ``load_embedder`` reads it back.
+    Atomic: written beside ``folder`` and swapped in whole, so a crash mid-save leaves the previous folder."""
+    with atomic_folder(folder) as tmp:
+        method.save(embedder, tmp)
+        embedder.backbone.processor.save_pretrained(tmp)
+        (tmp / "lco_embedding.json").write_text(json.dumps(embedding_card(embedder, method), indent=2))
+    return Path(folder)
 
 
 class SaveEmbedder(pl.Callback):

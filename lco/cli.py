@@ -2,7 +2,8 @@
 
 ``entry("train", run)`` returns a Hydra main over ``conf/train.yaml`` that calls ``run(cfg)``. Errors a user can
 act on (bad config key, missing model or data, bad record) print one ``lco: error: ...`` paragraph and exit
-with status 2 instead of a traceback, also when Hydra's ``instantiate`` wrapped them.
+with status 2 instead of a traceback, also when Hydra's ``instantiate`` wrapped them. A run stopped by SIGTERM
+(preemption; ``lco.checkpointing.Preemption`` has saved ``last.ckpt``) prints how to resume and exits with 143.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 def user_errors() -> tuple[type[BaseException], ...]:
     from lco.config import ConfigError
     from lco.data.records import RecordError
+    from lco.guard import NonFiniteLoss
     from lco.models.backbone import BackboneUnavailable
 
-    errors: list[type[BaseException]] = [ConfigError, BackboneUnavailable, RecordError, FileNotFoundError]
+    errors: list[type[BaseException]] = [ConfigError, BackboneUnavailable, RecordError, FileNotFoundError,
+                                         NonFiniteLoss]
     try:
         from lco.evaluation.benchmarks import DatasetsUnavailable
 
@@ -38,8 +41,13 @@ def user_errors() -> tuple[type[BaseException], ...]:
 def entry(config_name: str, run: Callable[[DictConfig], object]) -> Callable[[], object]:
     @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=config_name)
     def main(cfg: DictConfig):
+        from pytorch_lightning.utilities.exceptions import SIGTERMException
+
         try:
             return run(cfg)
+        except SIGTERMException as err:
+            print(f"lco: {err}", file=sys.stderr)
+            raise SystemExit(143) from None
         except Exception as err:
             known = user_errors()
             cause = err

@@ -19,6 +19,7 @@ from pytorch_lightning.utilities import rank_zero_info
 
 from lco.analysis.retrieval import directional_recalls, recall_at
 from lco.gradcache import cached_embed
+from lco.guard import NonFiniteGuard, check_finite_weights
 from lco.losses import InfoNCE
 from lco.methods.base import Method, count_parameters
 from lco.models.batching import MEDIA, TEXT_ONLY, fuse, plan_chunks, sort_by_length
@@ -31,12 +32,14 @@ class ContrastiveModule(pl.LightningModule):
 
     ``fuse_max_padding``: text-only anchor/positive/negative batches share one forward pass when the fused
     batch has at most this many times their own padded tokens (``None``: three passes, as the reference).
+    ``max_nonfinite_skips``: NaN/Inf losses skipped (no update) before the run stops (``lco/guard.py``).
     """
 
     def __init__(self, embedder: Embedder, method: Method, loss: InfoNCE, optimizer: partial,
                  scheduler: dict | None = None, gradient_checkpointing: str | bool = "auto",
-                 fuse_max_padding: float | None = 1.25):
+                 fuse_max_padding: float | None = 1.25, max_nonfinite_skips: int = 0):
         super().__init__()
+        self.guard = NonFiniteGuard(max_nonfinite_skips)
         self.fuse_max_padding = fuse_max_padding
         self.embedder = embedder
         self.method = method
@@ -109,6 +112,8 @@ class ContrastiveModule(pl.LightningModule):
         if self._t0 is None:
             self._t0 = time.perf_counter()
         loss = self.batch_loss(batch)
+        if self.guard(loss, self.global_step, self.trainer.strategy.reduce if self.trainer.world_size > 1 else None):
+            return None  # Lightning then runs no backward and no optimizer update
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["rows"])
         self.log("train/temperature", 1.0 / self.loss_fn.scale().detach(), batch_size=1)
         self.history["train/loss"].append(loss.detach())
@@ -143,6 +148,9 @@ class ContrastiveModule(pl.LightningModule):
         total = int(self.trainer.estimated_stepping_batches)
         scheduler = build_scheduler(optimizer, total_steps=total, **self.scheduler_cfg)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        check_finite_weights(checkpoint["state_dict"], self.global_step)
 
     def state_dict(self, *args, **kwargs):
         full = super().state_dict(*args, **kwargs)

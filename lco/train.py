@@ -1,7 +1,9 @@
 """``python -m lco.train [overrides]``: compose conf/train.yaml, check it, then data -> model -> fit -> save.
 
-Order matters: config keys and data records are validated before any model weights load, so mistakes
-fail in seconds. Outputs go to the run folder (``paths.output_dir``): ``config.yaml``, ``checkpoints/``,
+Order matters: config keys, the checkpoint to resume from and data records are validated before any model
+weights load, so mistakes fail in seconds. A run resumes (``lco/checkpointing.py``) from ``ckpt_path`` (a file,
+a run folder, or ``last``: the newest run of this task) or, by default, from its own folder's
+``checkpoints/last.ckpt``; checkpoints are written atomically, carry RNG states, and SIGTERM writes one. Outputs go to the run folder (``paths.output_dir``): ``config.yaml``, ``checkpoints/``,
 ``adapter/`` (peft folder + processor + ``lco_embedding.json``), logger files, and ``probe.json`` when the data
 config has a probe (before/after evaluation, e.g. ``data=toyworld``).
 """
@@ -13,10 +15,11 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import LearningRateMonitor
+from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
 from lco.callbacks import Probe
+from lco.checkpointing import AtomicCheckpointIO, Preemption, RNGState, resume_checkpoint
 from lco.cli import entry
 from lco.config import ConfigError, check_config, check_launch, check_modalities
 from lco.module import ContrastiveModule
@@ -42,12 +45,14 @@ def _strategy(cfg: DictConfig, method) -> dict:
             f"ddp_cpu, not with {target.rsplit('.', 1)[-1]}: its re-forward inside backward would meet sharded "
             "parameters lco has not tested. Use trainer=ddp (LoRA's trainable weights are small), or set "
             "loss.cache_chunk=null.")
+    # sharded strategies write checkpoint folders with their own IO; every other gets atomic .ckpt files
+    extra = {} if ("FSDP" in target or "DeepSpeed" in target) else {"plugins": [AtomicCheckpointIO()]}
     if method.trains_tower and ("DDP" in target or (named and target.startswith("ddp"))):
         # a tower gets no gradient from text-only batches: DDP must look for unused parameters
         if named:
-            return {"strategy": "ddp_find_unused_parameters_true"}
+            return {**extra, "strategy": "ddp_find_unused_parameters_true"}
         kwargs["find_unused_parameters"] = True
-    return {"strategy": instantiate(strategy, **kwargs)} if kwargs else {}
+    return {**extra, "strategy": instantiate(strategy, **kwargs)} if kwargs else extra
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
@@ -56,6 +61,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
     check_launch(cfg.trainer)
     method, loss = instantiate(cfg.method), instantiate(cfg.loss)
     extra = _strategy(cfg, method)  # a loss/strategy mismatch fails here, before data or weights load
+    resume = resume_checkpoint(cfg)  # a ckpt_path naming nothing fails here too
+    if resume is not None:
+        with open_dict(cfg):  # ckpt_path=last or a run folder: write on in that run's folder
+            cfg.paths.output_dir = str(resume.parent.parent)
+        print(f"lco: resuming from {resume}; this run writes on in {cfg.paths.output_dir}")
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     datamodule.load()  # bad data fails here, before the model loads
@@ -69,13 +79,16 @@ def run(cfg: DictConfig) -> dict[str, float]:
                                optimizer=instantiate(cfg.optim.optimizer),
                                scheduler=OmegaConf.to_container(cfg.optim.scheduler),
                                gradient_checkpointing=cfg.gradient_checkpointing,
-                               fuse_max_padding=cfg.fuse_max_padding)
+                               fuse_max_padding=cfg.fuse_max_padding,
+                               max_nonfinite_skips=cfg.max_nonfinite_skips)
     datamodule.attach(embedder.encoder)
     loggers = [instantiate(cfg.logger)] if cfg.get("logger") else []
     callbacks = _instantiate_group(cfg.get("callbacks"))
     out = Path(cfg.paths.output_dir)
     if datamodule.probe is not None:  # the data's own before/after evaluation (e.g. toy-world held-out scenes)
         callbacks.append(Probe(datamodule.probe, out / "probe.json"))
+    checkpoints = next((c.dirpath for c in callbacks if isinstance(c, ModelCheckpoint) and c.dirpath), None)
+    callbacks += [RNGState(), Preemption(checkpoints or str(out / "checkpoints"))]
     if not loggers:  # logger=none: an LR monitor has nowhere to write (Lightning would refuse to start)
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **extra)
@@ -83,10 +96,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
         out.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, out / "config.yaml", resolve=True)
     before = {}
-    if cfg.validate_before and not trainer.fast_dev_run and datamodule.val_records:
+    if cfg.validate_before and resume is None and not trainer.fast_dev_run and datamodule.val_records:
         before = {k: float(v) for k, v in trainer.validate(module, datamodule, verbose=False)[0].items()}
     start = time.perf_counter()
-    trainer.fit(module, datamodule, ckpt_path=cfg.ckpt_path)
+    trainer.fit(module, datamodule, ckpt_path=resume, weights_only=True)
     after = {k: float(v) for k, v in trainer.callback_metrics.items()}
     cost = record_cost(trainer, time.perf_counter() - start)
     if trainer.is_global_zero:

@@ -1,0 +1,177 @@
+"""Losing no work: atomic checkpoint files and folders, RNG state in checkpoints, a checkpoint on SIGTERM, resume.
+
+- ``AtomicCheckpointIO`` (a Lightning ``CheckpointIO`` plugin, set by ``lco.train``): each ``.ckpt`` is written to
+  a temporary file in the same folder, flushed to disk (``fsync``), then renamed over the target. A run killed
+  mid-write leaves the previous ``last.ckpt`` whole.
+- ``atomic_folder(path)``: the same for a folder (the ``adapter/`` a run writes at its end). The new folder is
+  written beside the old one, then swapped in.
+- ``RNGState`` (callback): checkpoints carry the Python, NumPy, torch CPU and CUDA generator states. A resumed run
+  restores them just before its first training batch, so dropout masks continue as in an uninterrupted run.
+- ``Preemption`` (callback): on SIGTERM, Lightning stops after the current batch with ``SIGTERMException``. This
+  callback then writes ``last.ckpt`` and ``lco.cli`` exits with status 143 and a resume hint.
+- ``resume_checkpoint(cfg)``: which checkpoint ``lco.train`` resumes from. See its docstring for the rules.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from lightning_fabric.plugins import TorchCheckpointIO
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+from lco.config import ConfigError
+
+LAST = "last.ckpt"
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``torch.save`` to ``<name>.tmp-*`` beside the target, ``fsync``, ``os.replace`` onto the target.
+
+    Remote paths (``s3://``...) go through Lightning's own writer, which uploads the whole buffer at once."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f"{path.name}.tmp-", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        _fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | Path):
+    """Yield a fresh temporary folder beside ``path``; on success it replaces ``path`` (any old one is removed
+    only after the new one is in place); on an exception it is deleted and ``path`` is left as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        os.replace(path, old)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state["numpy"] = {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "gauss": float(gauss)}  # tensors and ints: weights_only loads it
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class RNGState(pl.Callback):
+    """Saves every generator's state in checkpoints (``state_dict``) and restores it before the first training
+    batch after a resume (not at load time: building data iterators and the probe may draw numbers first)."""
+
+    def __init__(self):
+        self._pending: dict | None = None
+
+    def state_dict(self) -> dict:
+        return _rng_state()
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._pending = state_dict
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._pending is not None:
+            _set_rng_state(self._pending)
+            self._pending = None
+
+
+class Preemption(pl.Callback):
+    """On ``SIGTERMException`` (Lightning raises it after the batch during which SIGTERM arrived) every rank takes
+    part in writing ``dirpath/last.ckpt``; ``saved`` then holds its path for the exit message."""
+
+    def __init__(self, dirpath: str):
+        self.dirpath = Path(dirpath)
+        self.saved: Path | None = None
+
+    def on_exception(self, trainer: pl.Trainer, pl_module, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException) and trainer.global_step > 0:
+            self.saved = self.dirpath / LAST
+            trainer.save_checkpoint(self.saved)
+            exception.args = (f"preempted (SIGTERM) after step {trainer.global_step}; saved {self.saved}. Resume "
+                              f"with the same command plus ckpt_path={self.dirpath.parent} (or ckpt_path=last).",)
+
+
+def _latest_run_with_checkpoint(runs: Path) -> Path | None:
+    found = sorted((p for p in runs.glob(f"*/checkpoints/{LAST}")), key=lambda p: p.parent.parent.name)
+    return found[-1] if found else None
+
+
+def resume_checkpoint(cfg) -> Path | None:
+    """The checkpoint ``lco.train`` resumes from, or None for a fresh run.
+
+    - ``ckpt_path=null`` with ``auto_resume=true``: ``<paths.output_dir>/checkpoints/last.ckpt`` if it exists. A
+      rerun with a fixed run folder (``hydra.run.dir=...``, e.g. a scheduler requeue) continues there.
+    - ``ckpt_path=last``: the newest run of this ``task_name`` (``<paths.log_dir>/<task_name>/runs/*``) that has a
+      ``checkpoints/last.ckpt``. ``lco.train`` then writes on in that run's folder.
+    - ``ckpt_path=<file or run folder>``: that ``.ckpt`` file, or ``<folder>/checkpoints/last.ckpt``.
+
+    Raises ``ConfigError`` when ``ckpt_path`` names nothing that exists.
+    """
+    value = cfg.get("ckpt_path")
+    if value is None:
+        last = Path(cfg.paths.output_dir) / "checkpoints" / LAST
+        return last if cfg.get("auto_resume", True) and last.is_file() else None
+    if str(value) == "last":
+        runs = Path(cfg.paths.log_dir) / cfg.task_name / "runs"
+        found = _latest_run_with_checkpoint(runs)
+        if found is None:
+            raise ConfigError(f"ckpt_path=last: no run under {runs} has checkpoints/{LAST}. Give the checkpoint "
+                              "itself (ckpt_path=/path/to/run/checkpoints/last.ckpt), or drop ckpt_path to start "
+                              "a fresh run.")
+        return found
+    path = Path(str(value))
+    if path.is_dir():
+        path = path / "checkpoints" / LAST
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path={value}: {path} does not exist. Give a .ckpt file, a run folder with "
+                          f"checkpoints/{LAST}, or ckpt_path=last (the newest run of task_name={cfg.task_name}).")
+    return path
