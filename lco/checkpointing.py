@@ -145,6 +145,20 @@ def _latest_run_with_checkpoint(runs: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def _verified(path: Path) -> Path:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # noqa: BLE001 - UnpicklingError (code in the file), RuntimeError (not a zip)...
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(
+            f"cannot resume from {path}: it does not load as a checkpoint with weights_only=True ({first}). lco "
+            "never unpickles arbitrary objects, since they can run code. Resume from a checkpoint lco wrote, or "
+            "drop ckpt_path (and move the file away from checkpoints/ to stop auto_resume).") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ConfigError(f"cannot resume from {path}: it holds no Lightning state_dict. Give a .ckpt that lco wrote.")
+    return path
+
+
 def resume_checkpoint(cfg) -> Path | None:
     """The checkpoint ``lco.train`` resumes from, or None for a fresh run.
 
@@ -154,12 +168,14 @@ def resume_checkpoint(cfg) -> Path | None:
       ``checkpoints/last.ckpt``. ``lco.train`` then writes on in that run's folder.
     - ``ckpt_path=<file or run folder>``: that ``.ckpt`` file, or ``<folder>/checkpoints/last.ckpt``.
 
-    Raises ``ConfigError`` when ``ckpt_path`` names nothing that exists.
+    The file is opened with ``weights_only=True`` (memory-mapped, so only its index is read) before anything
+    loads: ``ConfigError`` when ``ckpt_path`` names nothing that exists, or a file that is not a checkpoint or
+    holds pickled objects other than tensors and plain containers (lco never runs code from a checkpoint).
     """
     value = cfg.get("ckpt_path")
     if value is None:
         last = Path(cfg.paths.output_dir) / "checkpoints" / LAST
-        return last if cfg.get("auto_resume", True) and last.is_file() else None
+        return _verified(last) if cfg.get("auto_resume", True) and last.is_file() else None
     if str(value) == "last":
         runs = Path(cfg.paths.log_dir) / cfg.task_name / "runs"
         found = _latest_run_with_checkpoint(runs)
@@ -167,11 +183,11 @@ def resume_checkpoint(cfg) -> Path | None:
             raise ConfigError(f"ckpt_path=last: no run under {runs} has checkpoints/{LAST}. Give the checkpoint "
                               "itself (ckpt_path=/path/to/run/checkpoints/last.ckpt), or drop ckpt_path to start "
                               "a fresh run.")
-        return found
+        return _verified(found)
     path = Path(str(value))
     if path.is_dir():
         path = path / "checkpoints" / LAST
     if not path.is_file():
         raise ConfigError(f"ckpt_path={value}: {path} does not exist. Give a .ckpt file, a run folder with "
                           f"checkpoints/{LAST}, or ckpt_path=last (the newest run of task_name={cfg.task_name}).")
-    return path
+    return _verified(path)

@@ -14,7 +14,10 @@ from pathlib import Path
 
 import hydra
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
+
+from lco.security import guard_run_folder
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 # where inference entry points (evaluate, analyze) put the model; training devices come from trainer=
@@ -43,6 +46,7 @@ def entry(config_name: str, run: Callable[[DictConfig], object]) -> Callable[[],
     def main(cfg: DictConfig):
         from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+        guard_run_folder(HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else None)
         try:
             return run(cfg)
         except SIGTERMException as err:

@@ -32,10 +32,10 @@ class NonFiniteGuard:
 
     def __call__(self, loss: torch.Tensor, step: int, reduce=None) -> bool:
         """True when this step must be skipped; raises ``NonFiniteLoss`` when the allowance is used up.
-        ``reduce``: a ``(tensor, reduce_op) -> tensor`` (the strategy's) that makes the decision global."""
+        ``reduce``: a ``tensor -> tensor`` min over ranks (DDP) that makes the decision global."""
         finite = torch.isfinite(loss.detach()).float()
         if reduce is not None:
-            finite = reduce(finite, "min")
+            finite = reduce(finite)
         if bool(finite):  # one host sync per step (the progress bar reads the loss each step anyway)
             return False
         if self.skipped < self.max_skips:

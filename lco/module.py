@@ -112,7 +112,8 @@ class ContrastiveModule(pl.LightningModule):
         if self._t0 is None:
             self._t0 = time.perf_counter()
         loss = self.batch_loss(batch)
-        if self.guard(loss, self.global_step, self.trainer.strategy.reduce if self.trainer.world_size > 1 else None):
+        min_over_ranks = partial(self.trainer.strategy.reduce, reduce_op="min") if self.trainer.world_size > 1 else None
+        if self.guard(loss, self.global_step, min_over_ranks):
             return None  # Lightning then runs no backward and no optimizer update
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["rows"])
         self.log("train/temperature", 1.0 / self.loss_fn.scale().detach(), batch_size=1)

@@ -3,9 +3,11 @@
 Order matters: config keys, the checkpoint to resume from and data records are validated before any model
 weights load, so mistakes fail in seconds. A run resumes (``lco/checkpointing.py``) from ``ckpt_path`` (a file,
 a run folder, or ``last``: the newest run of this task) or, by default, from its own folder's
-``checkpoints/last.ckpt``; checkpoints are written atomically, carry RNG states, and SIGTERM writes one. Outputs go to the run folder (``paths.output_dir``): ``config.yaml``, ``checkpoints/``,
-``adapter/`` (peft folder + processor + ``lco_embedding.json``), logger files, and ``probe.json`` when the data
-config has a probe (before/after evaluation, e.g. ``data=toyworld``).
+``checkpoints/last.ckpt``; checkpoints are written atomically, carry RNG states, and SIGTERM writes one.
+
+Outputs go to the run folder (``paths.output_dir``): ``config.yaml`` (secrets masked, ``lco/security.py``),
+``checkpoints/``, ``adapter/`` (peft folder + processor + ``lco_embedding.json``), logger files, and
+``probe.json`` when the data config has a probe (before/after evaluation, e.g. ``data=toyworld``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from lco.checkpointing import AtomicCheckpointIO, Preemption, RNGState, resume_c
 from lco.cli import entry
 from lco.config import ConfigError, check_config, check_launch, check_modalities
 from lco.module import ContrastiveModule
+from lco.security import redact
 from lco.summary import print_summary, record_cost, write_metrics
 
 
@@ -94,7 +97,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **extra)
     if trainer.is_global_zero:
         out.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(cfg, out / "config.yaml", resolve=True)
+        OmegaConf.save(OmegaConf.create(redact(OmegaConf.to_container(cfg, resolve=True))), out / "config.yaml")
     before = {}
     if cfg.validate_before and resume is None and not trainer.fast_dev_run and datamodule.val_records:
         before = {k: float(v) for k, v in trainer.validate(module, datamodule, verbose=False)[0].items()}

@@ -48,7 +48,9 @@ def tiny_backbone():
     return load
 
 
-def run_entry(module: str, tmp_path, *args: str) -> subprocess.CompletedProcess:
-    """``python -m <module> <args>`` as a user runs it: a subprocess with the hub offline, runs under ``tmp_path/logs``."""
+def run_entry(module: str, tmp_path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python -m <module> <args>`` as a user runs it: a subprocess with the hub offline (plus ``env``), runs
+    under ``tmp_path/logs``."""
     return subprocess.run([sys.executable, "-m", module, f"paths.log_dir={tmp_path / 'logs'}", *args],
-                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+                          timeout=300)

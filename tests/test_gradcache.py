@@ -20,6 +20,7 @@ from lco.models.backbone import load_backbone
 from lco.models.batching import BatchLayoutError, fuse, plan_chunks, take
 from lco.models.embedder import Embedder
 from lco.module import ContrastiveModule
+from lco.checkpointing import AtomicCheckpointIO
 from lco.train import _strategy
 from tests.conftest import compose_train
 from tests.media_fixtures import SCENES, caption, write_media
@@ -169,11 +170,12 @@ def test_cache_chunk_config_errors(tmp_path):
     cfg = compose_train(tmp_path, ["trainer=fsdp", "loss.cache_chunk=8"])
     with pytest.raises(ConfigError, match="not with FSDPStrategy"):
         _strategy(cfg, LoRA())
-    assert _strategy(compose_train(tmp_path, ["trainer=ddp_cpu", "loss.cache_chunk=8"]), LoRA()) == {}
+    plain = _strategy(compose_train(tmp_path, ["trainer=ddp_cpu", "loss.cache_chunk=8"]), LoRA())
+    assert set(plain) == {"plugins"} and isinstance(plain["plugins"][0], AtomicCheckpointIO)  # strategy unchanged
     with pytest.raises(ConfigError, match="not with DeepSpeed"):  # Lightning's strategy names too
         _strategy(compose_train(tmp_path, ["+trainer.strategy=deepspeed_stage_2", "loss.cache_chunk=8"]), LoRA())
     clip = ClipStyle(train_vision=True)
-    assert _strategy(compose_train(tmp_path, ["+trainer.strategy=ddp"]), clip) == {
-        "strategy": "ddp_find_unused_parameters_true"}
+    assert _strategy(compose_train(tmp_path, ["+trainer.strategy=ddp"]), clip)["strategy"] == \
+        "ddp_find_unused_parameters_true"
     assert _strategy(compose_train(tmp_path, ["trainer=ddp_cpu"]), clip)["strategy"]._ddp_kwargs[
         "find_unused_parameters"] is True

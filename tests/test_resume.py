@@ -126,7 +126,7 @@ def test_ckpt_path_resolution(tmp_path):
     for name in ("2026-01-01_00-00-00", "2026-01-02_00-00-00", "2026-01-03_00-00-00"):
         (runs / name / "checkpoints").mkdir(parents=True)
     for name in ("2026-01-01_00-00-00", "2026-01-02_00-00-00"):  # the newest run has no checkpoint yet
-        (runs / name / "checkpoints" / LAST).write_bytes(b"")
+        torch.save({"state_dict": {}}, runs / name / "checkpoints" / LAST)
     cfg.ckpt_path = "last"
     assert resume_checkpoint(cfg) == runs / "2026-01-02_00-00-00" / "checkpoints" / LAST
     cfg.ckpt_path = str(runs / "2026-01-01_00-00-00")
@@ -139,8 +139,11 @@ def test_ckpt_path_resolution(tmp_path):
         resume_checkpoint(cfg)
     own = Path(cfg.paths.output_dir) / "checkpoints"
     own.mkdir(parents=True)
-    (own / LAST).write_bytes(b"")
+    torch.save({"state_dict": {}}, own / LAST)
     cfg.ckpt_path = None
     assert resume_checkpoint(cfg) == own / LAST  # auto-resume: the run folder's own last.ckpt
+    (own / LAST).write_bytes(b"half a file")  # not a checkpoint: refused with a message, never half-loaded
+    with pytest.raises(ConfigError, match="does not load as a checkpoint with weights_only=True"):
+        resume_checkpoint(cfg)
     cfg.auto_resume = False
     assert resume_checkpoint(cfg) is None

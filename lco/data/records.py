@@ -16,6 +16,8 @@ Every problem raises ``RecordError`` naming the source, the row (line for JSONL)
 from __future__ import annotations
 
 import logging
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from lco.data.media import MediaError, check_media
@@ -49,7 +51,51 @@ def _media_value(value: dict, kind: str):
     return value.get(f"{kind}_path") or value.get(kind) or None
 
 
-def to_item(value, field: str, where: str, root: Path | None, check: str = "decode") -> dict:
+@dataclass(frozen=True)
+class MediaRoot:
+    """Where a source's media paths may point. Relative paths are joined to ``folder`` (the data file's folder, or
+    the source's ``media_root``); the result, like an absolute path, must stay inside ``folder`` unless
+    ``allow_outside``. The check is lexical (``..`` and absolute paths), so symlinks the user placed inside the
+    folder are followed. ``folder=None`` (a hub dataset without ``media_root``): no local path is allowed.
+    ``key``: the config prefix errors name (``data.sources.<name>``)."""
+
+    folder: Path | None
+    allow_outside: bool = False
+    key: str = "data.sources.<name>"
+
+    def resolve(self, media: str, where: str, field: str) -> str:
+        if media.startswith(("http://", "https://")):
+            return media
+        path = Path(media)
+        if not path.is_absolute() and self.folder is not None:
+            path = self.folder / path
+        path = Path(os.path.normpath(path))
+        if self.allow_outside:
+            return str(path)
+        inside = self.folder is not None and path.is_absolute() and path.is_relative_to(
+            os.path.normpath(self.folder.absolute()))
+        if not inside:
+            root = f"the data root {self.folder}" if self.folder is not None else "no local data root (a hub dataset)"
+            raise RecordError(
+                f"{where}: field {field!r} names the file {media!r}, which resolves to {path}, outside {root}. Paths "
+                f"in data files may not leave it. Move the files under it, set {self.key}.media_root=<a folder "
+                f"holding them>, or set {self.key}.allow_outside_root=true if you trust this data file.")
+        return str(path)
+
+
+def _confined(media, root: MediaRoot, where: str, field: str):
+    """``media`` with every local path in it (a path, a list of frame paths, a ``{"path"}`` dict without bytes)
+    resolved by ``root``; decoded objects and bytes pass unchanged."""
+    if isinstance(media, str):
+        return root.resolve(media, where, field)
+    if isinstance(media, list):
+        return [_confined(m, root, where, field) for m in media]
+    if isinstance(media, dict) and media.get("path") and not media.get("bytes"):
+        return {**media, "path": root.resolve(str(media["path"]), where, field)}
+    return media
+
+
+def to_item(value, field: str, where: str, root: MediaRoot | None, check: str = "decode") -> dict:
     """One cell -> item dict. Strings are text; dicts follow the reference ``{text, <medium>_path}`` schema."""
     if isinstance(value, str):
         item = {"text": value}
@@ -67,11 +113,8 @@ def to_item(value, field: str, where: str, root: Path | None, check: str = "deco
             media = _media_value(value, kind)
             if media is None:
                 continue
-            if isinstance(media, str) and root is not None and not media.startswith(("http://", "https://")) \
-                    and not Path(media).is_absolute():
-                media = str(root / media)
-            elif isinstance(media, list):
-                media = [str(root / m) if root is not None and not Path(m).is_absolute() else m for m in media]
+            if root is not None:
+                media = _confined(media, root, where, field)
             try:
                 check_media(kind, media, check)
             except MediaError as err:
@@ -93,7 +136,7 @@ def _absent(value) -> bool:
         isinstance(value, dict) and not any(v for v in value.values()))
 
 
-def to_record(row: dict, columns: tuple[str, str, str | None], where: str, root: Path | None = None,
+def to_record(row: dict, columns: tuple[str, str, str | None], where: str, root: MediaRoot | None = None,
               check: str = "decode") -> dict:
     """Normalise one table row to a triplet record (see module docstring). ``where``: "file, line N"."""
     anchor, positive, negative = columns
@@ -123,7 +166,8 @@ class ErrorPolicy:
         self.seen = self.skipped = 0
         self.examples: list[str] = []
 
-    def convert(self, row: dict | RecordError, columns, where: str, root: Path | None, check: str) -> dict | None:
+    def convert(self, row: dict | RecordError, columns, where: str, root: MediaRoot | None,
+                check: str) -> dict | None:
         """The record of ``row``, or None when it is bad and skipped. ``row`` may be a reader's error."""
         self.seen += 1
         try:

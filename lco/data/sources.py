@@ -11,7 +11,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from lco.data.records import ErrorPolicy, RecordError, detect_layout
+from lco.data.records import ErrorPolicy, MediaRoot, RecordError, detect_layout
 from lco.hub import hub_reachable
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
@@ -57,14 +57,18 @@ def _table_rows(path: Path) -> Iterator[tuple[str, dict]]:
 class TableSource:
     """A triplet table. ``path`` (local file) wins over ``hub_id``. ``columns`` maps ``{anchor, positive,
     negative}`` to other column names; ``limit`` keeps the first N rows; ``check_media`` is ``decode`` (open
-    every media file's header while reading), ``exists`` or ``none``."""
+    every media file's header while reading), ``exists`` or ``none``. Media paths in the rows must stay inside
+    the data root: ``media_root`` if set, else the data file's folder (a hub dataset has none); a row naming a
+    file outside fails, naming the line, unless ``allow_outside_root`` (see ``records.MediaRoot``)."""
 
     def __init__(self, name: str = "table", path: str | None = None, hub_id: str | None = None, hub_config: str | None = None,
                  split: str = "train", columns: dict | None = None, limit: int | None = None,
-                 streaming: bool = False, check_media: str = "decode", num_rows: int | None = None):
+                 streaming: bool = False, check_media: str = "decode", num_rows: int | None = None,
+                 media_root: str | None = None, allow_outside_root: bool = False):
         self.name, self.path, self.hub_id, self.hub_config, self.split = name, path, hub_id, hub_config, split
         self.columns = dict(columns) if columns else None
         self.limit, self.streaming, self.check_media, self._num_rows = limit, streaming, check_media, num_rows
+        self.media_root, self.allow_outside_root = media_root, allow_outside_root
 
     def describe(self) -> str:
         return self.path or f"{self.hub_id}[{self.hub_config or 'default'}:{self.split}]"
@@ -91,15 +95,19 @@ class TableSource:
                 f"download it once elsewhere or set data.sources.{self.name}.path=/path/to/file.jsonl|parquet|csv."
             ) from None
 
-    def _rows(self) -> tuple[Iterator[tuple[str, dict]], Path | None]:
+    def _root(self, data_file: Path | None) -> MediaRoot:
+        folder = Path(self.media_root).expanduser() if self.media_root else data_file.parent if data_file else None
+        return MediaRoot(folder.absolute() if folder else None, self.allow_outside_root, f"data.sources.{self.name}")
+
+    def _rows(self) -> tuple[Iterator[tuple[str, dict]], MediaRoot]:
         if self.path is None and self.hub_id is None:
             raise RecordError(f"data source {self.name!r} has no data: set data.sources.{self.name}.path=/path/to/"
                               f"file (.jsonl/.json/.parquet/.csv) or data.sources.{self.name}.hub_id=<dataset id>.")
         if self.path is not None:
             path = self._local_path()
-            return (_jsonl_rows(path) if path.suffix in (".jsonl", ".json") else _table_rows(path)), path.parent
+            return (_jsonl_rows(path) if path.suffix in (".jsonl", ".json") else _table_rows(path)), self._root(path)
         data = self._hub_dataset()
-        return ((f"{self.describe()}, row {i}", row) for i, row in enumerate(data)), None
+        return ((f"{self.describe()}, row {i}", row) for i, row in enumerate(data)), self._root(None)
 
     @property
     def num_rows(self) -> int | None:

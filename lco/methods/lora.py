@@ -51,6 +51,10 @@ class LoRA(Method):
 
     @classmethod
     def load(cls, embedder, folder: str | Path) -> None:
+        if not (Path(folder) / "adapter_model.safetensors").is_file():  # never a pickled adapter_model.bin
+            raise FileNotFoundError(f"{folder}: no adapter_model.safetensors. lco loads adapters from safetensors "
+                                    "only (a pickled .bin can run code); re-save the adapter with peft's "
+                                    "save_pretrained(safe_serialization=True).")
         embedder.model = PeftModel.from_pretrained(embedder.model, str(folder))
         skip_upcast_under_autocast(embedder.model)
 

@@ -8,6 +8,7 @@ Out: a ``Backbone`` whose ``model`` is the transformers model (Omni: the thinker
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,6 +76,9 @@ def load_backbone(family: str, path: str, dtype: str = "auto", attn_implementati
     import transformers
 
     quantized = from_pretrained_kwargs(quantization)
+    if trust_remote_code:  # off unless the user sets it: the checkpoint's own Python files would run here
+        warnings.warn(f"model.trust_remote_code=true: transformers will import and run Python code shipped with "
+                      f"{path!r}. Keep it false (the default) unless you have read that code.", stacklevel=2)
     fam = get_family(family)
     where, hub_kwargs = resolve_path(path, revision)
     hub_kwargs = {k: v for k, v in hub_kwargs.items() if v is not None}

@@ -1,0 +1,71 @@
+"""Keeping secrets out of run folders: hub tokens and W&B keys never reach logs, saved configs or checkpoints.
+
+Secrets are the values of the environment variables in ``SECRET_ENV`` and of any variable whose name says it is
+one (``*_TOKEN``, ``*_API_KEY``, ``*SECRET*``, ``*PASSWORD*``), 8 characters or longer. lco's entry points
+(``lco.cli.entry``) call ``guard_run_folder`` once Hydra has made the run folder: log records pass through a
+filter that masks secret values, and Hydra's ``.hydra/*.yaml`` copies of the command line are rewritten masked.
+``lco.train`` saves ``config.yaml`` through ``redact``, which also masks any config value whose key names a
+secret (``token``, ``api_key``, ``password``...), whatever its value. Checkpoints hold tensors, loop counters and
+RNG states only (``lco.train`` saves no hyperparameters), so no config value reaches them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+
+SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_TOKEN", "WANDB_API_KEY")
+_SECRET_NAME = re.compile(r"(TOKEN|API_?KEY|SECRET|PASSWORD|PASSWD)", re.I)
+SECRET_KEY = re.compile(r"(^|_)(token|api_?key|secret|password|passwd)$", re.I)  # config keys
+MASK = "***"
+
+
+def secret_values() -> list[str]:
+    """The secret values in this process's environment, longest first (so overlapping ones mask whole)."""
+    values = {v for k, v in os.environ.items() if (k in SECRET_ENV or _SECRET_NAME.search(k)) and len(v) >= 8}
+    return sorted(values, key=len, reverse=True)
+
+
+def redact_text(text: str, secrets: list[str] | None = None) -> str:
+    for value in secret_values() if secrets is None else secrets:
+        text = text.replace(value, MASK)
+    return text
+
+
+def redact(node, secrets: list[str] | None = None):
+    """A plain config container (dicts, lists, scalars) with secret values and secret-named keys masked."""
+    secrets = secret_values() if secrets is None else secrets
+    if isinstance(node, dict):
+        return {k: MASK if SECRET_KEY.search(str(k)) and node[k] not in (None, "") else redact(node[k], secrets)
+                for k in node}
+    if isinstance(node, list):
+        return [redact(v, secrets) for v in node]
+    return redact_text(node, secrets) if isinstance(node, str) else node
+
+
+class RedactingFilter(logging.Filter):
+    """Masks secret values in every record a handler writes (message and arguments rendered first)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = redact_text(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
+def guard_run_folder(folder: str | Path | None) -> None:
+    """Install ``RedactingFilter`` on the root logger's handlers (Hydra's console and ``<task>.log``) and rewrite
+    ``folder/.hydra/*.yaml`` (Hydra's record of the command line) with secret values masked."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
+    secrets = secret_values()
+    if folder is None or not secrets:
+        return
+    for path in Path(folder, ".hydra").glob("*.yaml"):
+        text = path.read_text()
+        if (masked := redact_text(text, secrets)) != text:
+            path.write_text(masked)
