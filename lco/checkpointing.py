@@ -30,6 +30,22 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from lco.config import ConfigError
 
 LAST = "last.ckpt"
+PARTIAL = ".tmp-"  # infix of a write in progress: <name>.tmp-XXXX (left behind only by a kill mid-write)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def remove_partial_writes(folder: Path) -> list[Path]:
+    """Delete ``*.tmp-*`` files a killed write left in ``folder`` (call only when no other process writes there:
+    at resume). Returns what was removed."""
+    stale = [p for p in Path(folder).glob(f"*{PARTIAL}*") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -51,8 +67,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().save_checkpoint(checkpoint, path, storage_options)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f"{path.name}.tmp-", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f"{path.name}{PARTIAL}", dir=path.parent)
         try:
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide the checkpoint from the group
             with os.fdopen(fd, "wb") as f:
                 torch.save(checkpoint, f)
                 f.flush()
@@ -70,7 +87,8 @@ def atomic_folder(path: str | Path):
     only after the new one is in place); on an exception it is deleted and ``path`` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}{PARTIAL}", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would hide the folder from the group
     try:
         yield tmp
     except BaseException:
@@ -78,7 +96,7 @@ def atomic_folder(path: str | Path):
         raise
     old = None
     if path.exists():
-        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))  # unique, empty: rename onto it
         os.replace(path, old)
     os.replace(tmp, path)
     _fsync_dir(path.parent)
@@ -92,7 +110,7 @@ def _rng_state() -> dict:
     state["numpy"] = {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
                       "has_gauss": int(has_gauss), "gauss": float(gauss)}  # tensors and ints: weights_only loads it
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state()  # this process's device only; ranks share a seed (see RNGState)
     return state
 
 
@@ -102,18 +120,22 @@ def _set_rng_state(state: dict) -> None:
     n = state["numpy"]
     np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 class RNGState(pl.Callback):
     """Saves every generator's state in checkpoints (``state_dict``) and restores it before the first training
-    batch after a resume (not at load time: building data iterators and the probe may draw numbers first)."""
+    batch after a resume (not at load time: building data iterators and the probe may draw numbers first).
+
+    Under DDP the checkpoint holds rank 0's states (its CUDA state: its own device's). Every rank restores them:
+    ranks are seeded alike and draw alike, so rank 0's state is each rank's own. A checkpoint written before the
+    first resumed batch (a validation-end save, a preemption) carries the loaded, not yet applied, states."""
 
     def __init__(self):
         self._pending: dict | None = None
 
     def state_dict(self) -> dict:
-        return _rng_state()
+        return self._pending if self._pending is not None else _rng_state()
 
     def load_state_dict(self, state_dict: dict) -> None:
         self._pending = state_dict
@@ -126,7 +148,8 @@ class RNGState(pl.Callback):
 
 class Preemption(pl.Callback):
     """On ``SIGTERMException`` (Lightning raises it after the batch during which SIGTERM arrived) every rank takes
-    part in writing ``dirpath/last.ckpt``; ``saved`` then holds its path for the exit message."""
+    part in writing ``dirpath/last.ckpt`` (Lightning's teardown then flushes the loggers); ``saved`` then holds
+    its path for the exit message."""
 
     def __init__(self, dirpath: str):
         self.dirpath = Path(dirpath)
@@ -146,6 +169,11 @@ def _latest_run_with_checkpoint(runs: Path) -> Path | None:
 
 
 def _verified(path: Path) -> Path:
+    if path.is_dir():  # a sharded (DeepSpeed) checkpoint folder: its strategy loads and checks it
+        if (path / "checkpoint").is_dir() or (path / "latest").is_file():
+            return path
+        raise ConfigError(f"cannot resume from {path}: a folder that is neither an lco run folder (with "
+                          f"checkpoints/{LAST}) nor a DeepSpeed checkpoint (with checkpoint/ and latest).")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # noqa: BLE001 - UnpicklingError (code in the file), RuntimeError (not a zip)...
@@ -175,7 +203,14 @@ def resume_checkpoint(cfg) -> Path | None:
     value = cfg.get("ckpt_path")
     if value is None:
         last = Path(cfg.paths.output_dir) / "checkpoints" / LAST
-        return _verified(last) if cfg.get("auto_resume", True) and last.is_file() else None
+        if not cfg.get("auto_resume", True) or not last.exists():
+            return None
+        if (last.parent.parent / "metrics.json").is_file():  # written only when fit completed
+            raise ConfigError(
+                f"the run folder {last.parent.parent} holds a finished run (metrics.json; {LAST}), and auto_resume "
+                "would retrain nothing and overwrite its results. Pick a new hydra.run.dir, or continue it on "
+                f"purpose with ckpt_path={last} and a larger trainer.max_steps / max_epochs.")
+        return _verified(last)
     if str(value) == "last":
         runs = Path(cfg.paths.log_dir) / cfg.task_name / "runs"
         found = _latest_run_with_checkpoint(runs)
@@ -185,9 +220,9 @@ def resume_checkpoint(cfg) -> Path | None:
                               "a fresh run.")
         return _verified(found)
     path = Path(str(value))
-    if path.is_dir():
+    if path.is_dir() and (path / "checkpoints").is_dir():
         path = path / "checkpoints" / LAST
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(f"ckpt_path={value}: {path} does not exist. Give a .ckpt file, a run folder with "
                           f"checkpoints/{LAST}, or ckpt_path=last (the newest run of task_name={cfg.task_name}).")
     return _verified(path)

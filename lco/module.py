@@ -152,6 +152,10 @@ class ContrastiveModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         check_finite_weights(checkpoint["state_dict"], self.global_step)
+        checkpoint["lco_nonfinite_skipped"] = self.guard.skipped  # the allowance is per run, resumes included
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.guard.skipped = checkpoint.get("lco_nonfinite_skipped", 0)
 
     def state_dict(self, *args, **kwargs):
         full = super().state_dict(*args, **kwargs)

@@ -53,13 +53,20 @@ class RedactingFilter(logging.Filter):
         masked = redact_text(message)
         if masked != message:
             record.msg, record.args = masked, None
+        if record.exc_info and not record.exc_text:  # tracebacks too: render once, masked
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact_text(record.exc_text)
         return True
 
 
 def guard_run_folder(folder: str | Path | None) -> None:
-    """Install ``RedactingFilter`` on the root logger's handlers (Hydra's console and ``<task>.log``) and rewrite
+    """Install ``RedactingFilter`` on every handler of every logger (Hydra's console and ``<task>.log``, Lightning's
+    own) and rewrite
     ``folder/.hydra/*.yaml`` (Hydra's record of the command line) with secret values masked."""
-    for handler in logging.getLogger().handlers:
+    loggers = [logging.getLogger()] + [v for v in logging.root.manager.loggerDict.values()
+                                       if isinstance(v, logging.Logger)]  # some (Lightning's) do not propagate
+    for handler in {h for logger in loggers for h in logger.handlers}:
         if not any(isinstance(f, RedactingFilter) for f in handler.filters):
             handler.addFilter(RedactingFilter())
     secrets = secret_values()

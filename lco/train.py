@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
 from lco.callbacks import Probe
-from lco.checkpointing import AtomicCheckpointIO, Preemption, RNGState, resume_checkpoint
+from lco.checkpointing import AtomicCheckpointIO, Preemption, RNGState, remove_partial_writes, resume_checkpoint
 from lco.cli import entry
 from lco.config import ConfigError, check_config, check_launch, check_modalities
 from lco.module import ContrastiveModule
@@ -48,14 +48,25 @@ def _strategy(cfg: DictConfig, method) -> dict:
             f"ddp_cpu, not with {target.rsplit('.', 1)[-1]}: its re-forward inside backward would meet sharded "
             "parameters lco has not tested. Use trainer=ddp (LoRA's trainable weights are small), or set "
             "loss.cache_chunk=null.")
-    # sharded strategies write checkpoint folders with their own IO; every other gets atomic .ckpt files
-    extra = {} if ("FSDP" in target or "DeepSpeed" in target) else {"plugins": [AtomicCheckpointIO()]}
+    # sharded strategies write checkpoint folders with their own IO; every other gets atomic .ckpt files, added
+    # to the user's trainer.plugins (a SLURM environment, say), not in place of them
+    plugins = cfg.trainer.get("plugins") or []
+    plugins = [instantiate(p) for p in plugins] if isinstance(plugins, (list, ListConfig)) else [instantiate(plugins)]
+    extra = {} if ("FSDP" in target or "DeepSpeed" in target) else {"plugins": [*plugins, AtomicCheckpointIO()]}
     if method.trains_tower and ("DDP" in target or (named and target.startswith("ddp"))):
         # a tower gets no gradient from text-only batches: DDP must look for unused parameters
         if named:
             return {**extra, "strategy": "ddp_find_unused_parameters_true"}
         kwargs["find_unused_parameters"] = True
     return {**extra, "strategy": instantiate(strategy, **kwargs)} if kwargs else extra
+
+
+def _logger(node: DictConfig, resume):
+    """The configured logger; on resume a CSV logger writes a new version (``csv/resumed_<time>``): its fixed
+    version would make Lightning clear the interrupted run's ``metrics.csv``."""
+    if resume is not None and str(node.get("_target_", "")).endswith("CSVLogger"):
+        return instantiate(node, version=f"resumed_{time.strftime('%Y-%m-%d_%H-%M-%S')}")
+    return instantiate(node)
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
@@ -65,10 +76,13 @@ def run(cfg: DictConfig) -> dict[str, float]:
     method, loss = instantiate(cfg.method), instantiate(cfg.loss)
     extra = _strategy(cfg, method)  # a loss/strategy mismatch fails here, before data or weights load
     resume = resume_checkpoint(cfg)  # a ckpt_path naming nothing fails here too
-    if resume is not None:
-        with open_dict(cfg):  # ckpt_path=last or a run folder: write on in that run's folder
+    if resume is not None and resume.parent.name == "checkpoints" and (resume.parent.parent / "config.yaml").is_file():
+        with open_dict(cfg):  # a checkpoint inside an lco run folder: write on in that folder
             cfg.paths.output_dir = str(resume.parent.parent)
-        print(f"lco: resuming from {resume}; this run writes on in {cfg.paths.output_dir}")
+        for stale in remove_partial_writes(resume.parent):
+            print(f"lco: removed {stale.name}, a checkpoint write the interruption cut short")
+    if resume is not None:
+        print(f"lco: resuming from {resume}; this run writes in {cfg.paths.output_dir}")
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     datamodule.load()  # bad data fails here, before the model loads
@@ -85,7 +99,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
                                fuse_max_padding=cfg.fuse_max_padding,
                                max_nonfinite_skips=cfg.max_nonfinite_skips)
     datamodule.attach(embedder.encoder)
-    loggers = [instantiate(cfg.logger)] if cfg.get("logger") else []
+    loggers = [_logger(cfg.logger, resume)] if cfg.get("logger") else []
     callbacks = _instantiate_group(cfg.get("callbacks"))
     out = Path(cfg.paths.output_dir)
     if datamodule.probe is not None:  # the data's own before/after evaluation (e.g. toy-world held-out scenes)

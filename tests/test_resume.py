@@ -19,7 +19,7 @@ from tests.conftest import compose_train
 # default) makes the result depend on the RNG state, which the checkpoint must carry.
 RUN = ["model=tiny_text", "data=scenes", "data.sources.scenes.n=200", "data.val_size=40", "data.batch_size=8",
        "trainer.max_steps=30", "trainer.max_epochs=-1", "callbacks.model_checkpoint.every_n_train_steps=1",
-       "validate_before=false", "logger=none"]
+       "validate_before=false", "logger=csv", "trainer.log_every_n_steps=1"]
 
 
 def _start(run_dir: Path, *extra: str) -> subprocess.Popen:
@@ -76,6 +76,8 @@ def test_sigkill_mid_epoch_then_auto_resume_equals_uninterrupted(tmp_path, unint
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"lco: resuming from {run_dir / 'checkpoints' / LAST}" in resumed.stdout
     _assert_same_weights(run_dir, uninterrupted)
+    again = _finish(_start(run_dir))  # the run is finished now: auto-resume refuses to redo it
+    assert again.returncode == 2 and "holds a finished run" in again.stderr, again.stderr[-2000:]
 
 
 def test_sigterm_saves_a_checkpoint_and_resume_equals_uninterrupted(tmp_path, uninterrupted):
@@ -89,12 +91,18 @@ def test_sigterm_saves_a_checkpoint_and_resume_equals_uninterrupted(tmp_path, un
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _assert_same_weights(run_dir, uninterrupted)
     assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+    before = (run_dir / "csv" / "metrics.csv").read_text().splitlines()
+    after = next((run_dir / "csv").glob("resumed_*/metrics.csv")).read_text().splitlines()
+    assert len(before) > 1 and len(after) > 1  # the stopped run's curves are kept, the resumed run's beside them
 
 
 def test_interrupted_checkpoint_write_leaves_the_old_file_whole(tmp_path, monkeypatch):
     path = tmp_path / LAST
     io = AtomicCheckpointIO()
     io.save_checkpoint({"step": 1, "w": torch.ones(3)}, path)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # readable as any file the user writes, not 0600
 
     def half_then_crash(obj, f):
         f.write(b"\x80\x02partial")
@@ -119,6 +127,20 @@ def test_interrupted_folder_write_leaves_the_old_folder(tmp_path):
     assert [p.name for p in target.iterdir()] == ["b.txt"] and sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
 
 
+def test_rng_state_not_yet_applied_is_what_a_new_checkpoint_holds():
+    from lco.checkpointing import RNGState
+
+    saved = RNGState().state_dict()
+    torch.rand(100)
+    callback = RNGState()
+    callback.load_state_dict(saved)
+    assert torch.equal(callback.state_dict()["torch"], saved["torch"])  # a save before the first batch keeps it
+    callback.on_train_batch_start(None, None, None, 0)
+    assert torch.equal(torch.get_rng_state(), saved["torch"])  # applied at the first batch, then live again
+    torch.rand(1)
+    assert not torch.equal(callback.state_dict()["torch"], saved["torch"])
+
+
 def test_ckpt_path_resolution(tmp_path):
     cfg = compose_train(tmp_path, [f"paths.log_dir={tmp_path / 'logs'}"])
     assert resume_checkpoint(cfg) is None  # a fresh run folder: nothing to resume
@@ -131,6 +153,9 @@ def test_ckpt_path_resolution(tmp_path):
     assert resume_checkpoint(cfg) == runs / "2026-01-02_00-00-00" / "checkpoints" / LAST
     cfg.ckpt_path = str(runs / "2026-01-01_00-00-00")
     assert resume_checkpoint(cfg) == runs / "2026-01-01_00-00-00" / "checkpoints" / LAST
+    cfg.ckpt_path = str(tmp_path)  # a folder that is neither a run folder nor a DeepSpeed checkpoint
+    with pytest.raises(ConfigError, match="neither an lco run folder"):
+        resume_checkpoint(cfg)
     cfg.ckpt_path = str(tmp_path / "nope.ckpt")
     with pytest.raises(ConfigError, match="nope.ckpt does not exist"):
         resume_checkpoint(cfg)

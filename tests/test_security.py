@@ -122,3 +122,13 @@ def test_trust_remote_code_true_warns():
 
     with pytest.warns(UserWarning, match="trust_remote_code=true: transformers will import and run Python code"):
         load_backbone("qwen2", "lco-tiny/tiny_text", dtype="float32", trust_remote_code=True)
+
+
+def test_decoded_hub_audio_passes_and_hub_paths_need_a_root():
+    from lco.data.records import MediaRoot, to_item
+
+    hub = MediaRoot(None, key="data.sources.h")
+    audio = {"path": "clip.wav", "array": [0.0, 0.1], "sampling_rate": 16000}  # datasets' decoded Audio
+    assert to_item({"audio": audio}, "anchor", "h, row 0", hub, check="none")["audio"] is audio
+    with pytest.raises(RecordError, match="outside no local data root .*data.sources.h.media_root"):
+        to_item({"image_path": "img.png"}, "anchor", "h, row 0", hub, check="none")

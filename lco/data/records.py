@@ -85,12 +85,13 @@ class MediaRoot:
 
 def _confined(media, root: MediaRoot, where: str, field: str):
     """``media`` with every local path in it (a path, a list of frame paths, a ``{"path"}`` dict without bytes)
-    resolved by ``root``; decoded objects and bytes pass unchanged."""
+    resolved by ``root``; decoded objects, bytes and decoded audio (``{"path", "array", "sampling_rate"}``, whose
+    path is only a name) pass unchanged."""
     if isinstance(media, str):
         return root.resolve(media, where, field)
     if isinstance(media, list):
         return [_confined(m, root, where, field) for m in media]
-    if isinstance(media, dict) and media.get("path") and not media.get("bytes"):
+    if isinstance(media, dict) and media.get("path") and not media.get("bytes") and "array" not in media:
         return {**media, "path": root.resolve(str(media["path"]), where, field)}
     return media
 
