@@ -1,9 +1,10 @@
 """Non-finite losses and weights: stop (or skip the step) instead of training on, and never checkpoint them.
 
 ``NonFiniteGuard(max_skips)`` is called by ``ContrastiveModule.training_step`` with each step's loss (a 0-d tensor)
-before backward. A finite loss passes. A NaN or Inf loss is skipped (``training_step`` returns None, so Lightning
-runs no backward and no optimizer update; the LR schedule still advances) while fewer than ``max_skips`` steps have
-been skipped in this run; past that, ``NonFiniteLoss`` stops the run. Under DDP every rank takes the same decision
+before backward. A finite loss passes. A NaN or Inf loss is skipped while fewer than ``max_skips`` steps have been
+skipped in this run (resumes included); past that, ``NonFiniteLoss`` stops the run. A skipped step runs a zero
+loss on the trainable weights, whose gradients ``ContrastiveModule.on_before_optimizer_step`` drops, so nothing
+updates (the LR schedule still advances). It is not ``return None``: Lightning refuses that under DDP. Under DDP every rank takes the same decision
 (a min all-reduce of the finite flag), so no rank waits in a backward the others skipped.
 
 ``check_finite_weights(state_dict, step)`` raises ``NonFiniteLoss`` before a checkpoint holding NaN/Inf weights is

@@ -40,6 +40,7 @@ class ContrastiveModule(pl.LightningModule):
                  fuse_max_padding: float | None = 1.25, max_nonfinite_skips: int = 0):
         super().__init__()
         self.guard = NonFiniteGuard(max_nonfinite_skips)
+        self._skip_update = False
         self.fuse_max_padding = fuse_max_padding
         self.embedder = embedder
         self.method = method
@@ -114,7 +115,10 @@ class ContrastiveModule(pl.LightningModule):
         loss = self.batch_loss(batch)
         min_over_ranks = partial(self.trainer.strategy.reduce, reduce_op="min") if self.trainer.world_size > 1 else None
         if self.guard(loss, self.global_step, min_over_ranks):
-            return None  # Lightning then runs no backward and no optimizer update
+            # a zero loss on the trainable weights keeps every rank's backward (Lightning refuses None under DDP);
+            # on_before_optimizer_step then drops its zero gradients, so the optimizer updates nothing
+            self._skip_update = True
+            return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["rows"])
         self.log("train/temperature", 1.0 / self.loss_fn.scale().detach(), batch_size=1)
         self.history["train/loss"].append(loss.detach())
@@ -149,6 +153,11 @@ class ContrastiveModule(pl.LightningModule):
         total = int(self.trainer.estimated_stepping_batches)
         scheduler = build_scheduler(optimizer, total_steps=total, **self.scheduler_cfg)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if self._skip_update:  # AdamW (like every torch optimizer) leaves parameters without gradients untouched
+            optimizer.zero_grad(set_to_none=True)
+            self._skip_update = False
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         check_finite_weights(checkpoint["state_dict"], self.global_step)

@@ -70,3 +70,38 @@ def test_guard_and_weight_check_units():
     check_finite_weights({"a": torch.ones(2), "steps": 3}, 5)
     with pytest.raises(NonFiniteLoss, match="weight b holds NaN/Inf at step 5; this checkpoint was not written"):
         check_finite_weights({"a": torch.ones(2), "b": torch.tensor([1.0, float("nan")])}, 5)
+
+
+LAUNCHER = '''
+import sys
+from lco.module import ContrastiveModule
+real = ContrastiveModule.batch_loss
+def batch_loss(self, batch):  # NaN on rank 1 only, at step 2: rank 0 must skip with it, or DDP would hang
+    loss = real(self, batch)
+    return loss * float("nan") if self.global_rank == 1 and self.global_step == 2 else loss
+ContrastiveModule.batch_loss = batch_loss
+from lco.train import main
+main()
+'''
+
+
+def test_nan_on_one_ddp_rank_skips_the_step_on_every_rank(tmp_path):
+    """Under `trainer=ddp_cpu` (2 gloo ranks) a NaN loss on rank 1 alone is skipped on both ranks (the min
+    all-reduce of the guard): the run ends, and step 2 changed no weight."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "launch.py"  # Lightning's DDP launcher re-runs this script for rank 1, patch included
+    script.write_text(LAUNCHER)
+    done = subprocess.run([sys.executable, str(script), *RUN, "trainer=ddp_cpu", "data.batch_size=4",
+                           "trainer.max_steps=4", "max_nonfinite_skips=1", f"hydra.run.dir={tmp_path / 'run'}"],
+                          capture_output=True, text=True, timeout=300, cwd=os.getcwd(),
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    ckpts = tmp_path / "run" / "checkpoints"
+    lora = lambda name: {k: v for k, v in torch.load(ckpts / name, weights_only=True)["state_dict"].items()  # noqa: E731
+                         if "lora_" in k}
+    before, after, last = lora("step000002.ckpt"), lora("step000003.ckpt"), lora("step000004.ckpt")
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the NaN step updated nothing, on any rank
+    assert any(not torch.equal(after[k], last[k]) for k in after)
