@@ -11,8 +11,8 @@ then the text and the modality's suffix, optional system turn), ``README.md`` (p
 head in ``head.safetensors`` (and a ST ``Dense`` module); plain transformers users apply it as the card shows.
 With ``sentence_transformers=true`` the same folder is a sentence-transformers (>= 6) model: ``modules.json``, a
 Transformer whose ``processing_kwargs`` call the chat template with ``embedding=True``, last-token Pooling,
-[Dense], Normalize; the tokenizer pads on the left. Everything is written to ``.<out>.partial`` and renamed into
-place when complete. A checkpoint that is missing, incomplete or unreadable, a base it does not fit, or an ``out``
+[Dense], Normalize; the tokenizer pads on the left. Everything is written beside ``out`` and swapped in when
+complete (``lco.checkpointing.atomic_folder``). A checkpoint that is missing, incomplete or unreadable, a base it does not fit, or an ``out``
 that is not empty (without ``overwrite=true``) stops with one ``ConfigError`` before anything is written.
 """
 
@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import gc
 import json
-import shutil
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
 
+from lco.checkpointing import atomic_folder
 from lco.cli import entry
 from lco.config import ConfigError, check_config
 from lco.models.loading import CARD, read_card
@@ -239,10 +239,7 @@ def export(checkpoint: str | Path, out: str | Path, sentence_transformers: bool 
                              "sentence_transformers": sentence_transformers}}
     if head is not None:  # the backbone is the folder itself ("."), wherever the export is moved
         exported["base_model"] = "."
-    tmp = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
+    with atomic_folder(out) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
         if head is not None:
@@ -253,9 +250,6 @@ def export(checkpoint: str | Path, out: str | Path, sentence_transformers: bool 
             write_sentence_transformers(tmp, card, embedder.hidden_size, head, info["max_length"])
         (tmp / "README.md").write_text(model_card(card, info, prompts))
         (tmp / CARD).write_text(json.dumps(exported, indent=2))
-        publish(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     del embedder, model
     gc.collect()
     result = {"out": str(out), "method": card["method"], "dtype": dtype,
@@ -265,16 +259,6 @@ def export(checkpoint: str | Path, out: str | Path, sentence_transformers: bool 
 
         result["max_deviation"] = float((load_embedder(out, dtype=dtype).encode(PROBES) - reference).abs().max())
     return result
-
-
-def publish(tmp: Path, out: Path) -> None:
-    """Put the complete ``tmp`` at ``out``; an old ``out`` is moved aside first and deleted only afterwards."""
-    old = out.with_name(f".{out.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def run(cfg: DictConfig) -> dict:

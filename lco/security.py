@@ -46,17 +46,22 @@ def redact(node, secrets: list[str] | None = None):
 
 
 class RedactingFilter(logging.Filter):
-    """Masks secret values in every record a handler writes (message and arguments rendered first)."""
+    """Masks ``secrets`` (read from the environment once, not per record) in every record a handler writes
+    (message and arguments rendered first, and tracebacks)."""
+
+    def __init__(self, secrets: list[str]):
+        super().__init__()
+        self.secrets = secrets
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        masked = redact_text(message)
+        masked = redact_text(message, self.secrets)
         if masked != message:
             record.msg, record.args = masked, None
         if record.exc_info and not record.exc_text:  # tracebacks too: render once, masked
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
-            record.exc_text = redact_text(record.exc_text)
+            record.exc_text = redact_text(record.exc_text, self.secrets)
         return True
 
 
@@ -64,13 +69,15 @@ def guard_run_folder(folder: str | Path | None) -> None:
     """Install ``RedactingFilter`` on every handler of every logger (Hydra's console and ``<task>.log``, Lightning's
     own) and rewrite
     ``folder/.hydra/*.yaml`` (Hydra's record of the command line) with secret values masked."""
+    secrets = secret_values()
+    if not secrets:
+        return
     loggers = [logging.getLogger()] + [v for v in logging.root.manager.loggerDict.values()
                                        if isinstance(v, logging.Logger)]  # some (Lightning's) do not propagate
     for handler in {h for logger in loggers for h in logger.handlers}:
         if not any(isinstance(f, RedactingFilter) for f in handler.filters):
-            handler.addFilter(RedactingFilter())
-    secrets = secret_values()
-    if folder is None or not secrets:
+            handler.addFilter(RedactingFilter(secrets))
+    if folder is None:
         return
     for path in Path(folder, ".hydra").glob("*.yaml"):
         text = path.read_text()

@@ -39,6 +39,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from lco.checkpointing import atomic_folder
 from lco.cli import DEVICE, entry
 from lco.config import ConfigError, check_config, check_modalities
 from lco.models.loading import CARD, embedder_from_card
@@ -261,17 +262,13 @@ def greedy(embedder, ingredients: list[Ingredient], records: list[dict], metric:
 
 def save_soup(out: Path, ingredients: list[Ingredient], weights: list[float], soup: dict) -> None:
     """Write ``out`` whole or not at all: adapter, the first input's processor files, card + ``soup`` entry."""
-    tmp = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    soup["rank"] = write_adapter(ingredients, weights, tmp)
-    skip = {CONFIG, WEIGHTS, CARD, "README.md"}
-    for path in ingredients[0].folder.iterdir():
-        if path.is_file() and path.name not in skip:
-            shutil.copy2(path, tmp / path.name)
-    (tmp / CARD).write_text(json.dumps({**ingredients[0].card, "soup": soup}, indent=2))
-    if out.exists():
-        out.rmdir()  # empty (checked before)
-    tmp.rename(out)
+    with atomic_folder(out) as tmp:  # out, if it exists, is empty (checked before)
+        soup["rank"] = write_adapter(ingredients, weights, tmp)
+        skip = {CONFIG, WEIGHTS, CARD, "README.md"}
+        for path in ingredients[0].folder.iterdir():
+            if path.is_file() and path.name not in skip:
+                shutil.copy2(path, tmp / path.name)
+        (tmp / CARD).write_text(json.dumps({**ingredients[0].card, "soup": soup}, indent=2))
 
 
 def run(cfg: DictConfig) -> dict:

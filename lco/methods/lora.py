@@ -81,9 +81,8 @@ def skip_upcast_under_autocast(model: torch.nn.Module) -> int:
     for module in model.modules():
         if not isinstance(module, LoraLayer):
             continue
-        base = module.get_base_layer().weight
-        adapters = [p for p in module.lora_A.parameters()]
-        if adapters and base.dtype != adapters[0].dtype:
+        adapter = next(module.lora_A.parameters(), None)
+        if adapter is not None and module.get_base_layer().weight.dtype != adapter.dtype:
             module.register_forward_pre_hook(_cast_only_without_autocast, with_kwargs=True)
             hooked += 1
     return hooked
