@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lco.bench.__main__ import run
-from lco.bench.loop import build, lco_loop, make_batches, plain_loop
+from lco.bench.loop import Paired, PlainLoop, build, lco_loop, make_batches, plain_loop
 from tests.conftest import compose_train
 
 
@@ -30,6 +30,33 @@ def test_plain_loop_and_lco_reach_the_same_weights(tmp_path):
     for name, param in trained.items():
         assert torch.allclose(param, other[name], atol=1e-6), name
     assert any(float(p.abs().max()) > 0 for n, p in trained.items() if "lora_B" in n)
+
+
+def test_paired_steps_leave_both_paths_as_they_run_alone(tmp_path):
+    """Part (a) times the paths step by step in one process; with dropout on, each keeps its own random stream,
+    so both end exactly where they end when run alone: the paired timing changes nothing they compute."""
+    cfg = _cfg(tmp_path)
+    assert cfg.method.dropout > 0
+    cpu = torch.device("cpu")
+
+    def lora(embedder):
+        return {n: p.detach() for n, p in embedder.model.named_parameters() if p.requires_grad}
+
+    plain_alone, method, loss = build(cfg)
+    batches = make_batches(cfg, plain_alone)
+    plain_loop(plain_alone, method, loss, batches, cfg, cpu)
+    lco_alone, method, loss = build(cfg)
+    lco_loop(lco_alone, method, loss, batches, cfg, "cpu")
+    plain_paired, method, loss = build(cfg)
+    paired = Paired(PlainLoop(plain_paired, method, loss, len(batches), cfg, cpu), batches)
+    lco_paired, method, loss = build(cfg)
+    assert lco_loop(lco_paired, method, loss, batches, cfg, "cpu", paired) == paired.times
+    assert len(paired.plain_times) == len(paired.lco_times) == 4 and min(paired.lco_times + paired.plain_times) > 0
+    for alone, together in [(plain_alone, plain_paired), (lco_alone, lco_paired)]:
+        expected, got = lora(alone), lora(together)
+        assert expected.keys() == got.keys() and all(torch.equal(expected[n], got[n]) for n in expected)
+    assert all(any(float(p.abs().max()) > 0 for n, p in lora(e).items() if "lora_B" in n)  # B starts at zero
+               for e in (plain_alone, lco_alone))
 
 
 def test_bench_writes_results(tmp_path):

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lco.analysis.paired import paired_change
-from lco.data.synthetic import TEMPLATES, SceneTriplets, caption
+from lco.data.synthetic import DETAILS, TEMPLATES, SceneTriplets, caption
 from lco.evaluation.toyworld import SceneProbe, _top1_hits, split_scenes
 from lco.models.delta import pack, unpack
 
@@ -69,6 +69,25 @@ def test_scene_templates_limit_text_diversity():
     with pytest.raises(ValueError, match="templates=1"):
         SceneTriplets(templates=1)
     assert SceneTriplets(n=30).load() == SceneTriplets(n=30, templates=len(TEMPLATES)).load()
+
+
+def test_scene_detail_lengthens_text_anchors_only(tmp_path):
+    """detail=k: the same scenes, positives and negatives; text anchors gain 0..k neutral sentences (varied
+    lengths, All-NLI's long premise vs short hypotheses), image anchors stay images."""
+    plain, detailed = SceneTriplets(n=200).load(), SceneTriplets(n=200, detail=6).load()
+    assert SceneTriplets(n=30, detail=0).load() == SceneTriplets(n=30).load()
+    added = []
+    for a, b in zip(plain, detailed):
+        assert (a["positive"], a["negatives"]) == (b["positive"], b["negatives"])
+        assert b["anchor"]["text"].startswith(a["anchor"]["text"])
+        tail = b["anchor"]["text"][len(a["anchor"]["text"]):]
+        added.append(sum(tail.count(d) for d in DETAILS))
+    assert min(added) == 0 and max(added) == 6 and 2.5 < sum(added) / len(added) < 3.5  # uniform 0..6
+    mixed = SceneTriplets(n=40, detail=3, image_fraction=0.5, image_dir=str(tmp_path)).load()
+    assert any("image" in r["anchor"] for r in mixed)
+    assert all(set(r["anchor"]) == {"image"} for r in mixed if "image" in r["anchor"])
+    with pytest.raises(ValueError, match="detail=-1"):
+        SceneTriplets(detail=-1)
 
 
 def test_packed_model_unpacks_exactly_and_fails_clearly(tmp_path, tiny_backbone):

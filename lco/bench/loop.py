@@ -1,12 +1,14 @@
 """Part (a) of ``make bench``: lco against the floor.
 
-The same model, LoRA, InfoNCE, AdamW with its schedule, and the same pre-collated batches, trained once through
-lco (``ContrastiveModule`` under a Lightning ``Trainer`` with the Rich progress bar, as ``lco.train`` builds it)
-and once through a hand-written PyTorch loop doing the same forward, backward and optimizer work. A step is the
-wall time from one batch's start to the next's (lco: between ``on_train_batch_start`` calls; plain: one loop
-iteration). Reported: the median step after ``warmup`` steps, per round (rounds alternate plain, lco), and the
-ratio lco / plain (issue 7's goal: <= 1.05). Both paths start from the same seed and reach the same weights
-(``tests/test_bench.py``), so the comparison is like for like.
+The same model, LoRA, InfoNCE, AdamW with its schedule, and the same pre-collated batches, trained through lco
+(``ContrastiveModule`` under a Lightning ``Trainer`` with ``conf/callbacks/default.yaml``'s Rich progress bar, as
+``lco.train`` builds it) and through a hand-written PyTorch loop doing the same forward, backward and optimizer
+work (``PlainLoop``, on its own copy of the model). The two alternate step by step in one process (``Paired``:
+plain step i, then lco step i), so a change in machine load or clock hits both alike; on a shared machine that
+drifts by 10-20% over seconds, runs timed one after the other could not resolve a 5% difference. Reported per
+round: the median step after ``warmup`` steps of each path, their ratio lco / plain (issue 7's goal: <= 1.05)
+and the median of the per-step ratios; the headline is the median over rounds. Run alone, both paths reach the
+same weights (``tests/test_bench.py``), so the comparison is like for like.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
-from pytorch_lightning.callbacks import RichProgressBar
 from pytorch_lightning.utilities import move_data_to_device
 from torch.utils.data import DataLoader
 
@@ -56,35 +57,52 @@ def make_batches(cfg: DictConfig, embedder, times: list[float] | None = None) ->
     return batches
 
 
-def plain_loop(embedder, method, loss_fn, batches: list[dict], cfg: DictConfig,
-               device: torch.device) -> list[float]:
-    """The floor: seconds per step of a hand-written loop (embed the sides, fused into one pass as lco does when
-    padding allows, loss, backward, step, schedule)."""
-    method.apply(embedder)
-    embedder.to(device).train()
-    loss_fn.to(device)
-    params = [p for p in embedder.parameters() if p.requires_grad] + [p for p in loss_fn.parameters()
-                                                                          if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr)
-    scheduler = build_scheduler(optimizer, len(batches), "linear", cfg.warmup_steps)
-    times = []
-    pad_id = embedder.encoder.tokenizer.pad_token_id
-    for batch in batches:
-        start = time.perf_counter()
+class PlainLoop:
+    """The floor: a hand-written training step (embed the sides, fused into one pass as lco does when padding
+    allows, loss, backward, AdamW, schedule) on its own model. It draws dropout from its own saved RNG state, so
+    running its steps between lco's changes neither path's random stream."""
+
+    def __init__(self, embedder, method, loss_fn, total_steps: int, cfg: DictConfig, device: torch.device):
+        method.apply(embedder)
+        self.embedder, self.loss_fn, self.device = embedder.to(device).train(), loss_fn.to(device), device
+        params = [p for p in embedder.parameters() if p.requires_grad] + [p for p in loss_fn.parameters()
+                                                                              if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr)
+        self.scheduler = build_scheduler(self.optimizer, total_steps, "linear", cfg.warmup_steps)
+        self.pad_id, self.max_padding = embedder.encoder.tokenizer.pad_token_id, cfg.fuse_max_padding
+        self.rng = torch.get_rng_state()
+
+    def step(self, batch: dict) -> float:
+        """One training step on a collated (CPU) batch; returns its wall seconds."""
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.set_rng_state(self.rng)
+            _sync(self.device)
+            start = time.perf_counter()
+            self._step(batch)
+            _sync(self.device)
+            seconds = time.perf_counter() - start
+            self.rng = torch.get_rng_state()
+        return seconds
+
+    def _step(self, batch: dict) -> None:
         sides = [batch["anchor"], batch["positive"]] + ([batch["negative"]] if batch["negative"] is not None else [])
         out = [None] * len(sides)
-        for inputs, members in fuse(sides, pad_id, cfg.fuse_max_padding):  # lco's default: one pass if it fits
-            vectors = embedder(move_data_to_device(inputs, device))  # what Lightning does for the lco path
+        for inputs, members in fuse(sides, self.pad_id, self.max_padding):  # lco's default: one pass if it fits
+            vectors = self.embedder(move_data_to_device(inputs, self.device))  # what Lightning does for lco
             for i, part in zip(members, vectors.split([sides[i]["input_ids"].shape[0] for i in members])):
                 out[i] = part
-        loss = loss_fn(*out) if len(out) == 3 else loss_fn(*out, None)
+        loss = self.loss_fn(*out) if len(out) == 3 else self.loss_fn(*out, None)
         loss.backward()
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return times
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+def plain_loop(embedder, method, loss_fn, batches: list[dict], cfg: DictConfig,
+               device: torch.device) -> list[float]:
+    """``PlainLoop`` over ``batches`` on its own; returns seconds per step."""
+    loop = PlainLoop(embedder, method, loss_fn, len(batches), cfg, device)
+    return [loop.step(batch) for batch in batches]
 
 
 class StepTimer(pl.Callback):
@@ -107,30 +125,58 @@ class StepTimer(pl.Callback):
         return [b - a for a, b in zip(self.starts, self.starts[1:])]
 
 
-def lco_loop(embedder, method, loss_fn, batches: list[dict], cfg: DictConfig, accelerator: str) -> list[float]:
+class Paired(StepTimer):
+    """``StepTimer`` that runs one ``PlainLoop`` step on the same batch before each lco step, so the two paths
+    alternate step by step and meet the same machine state (load, clock). The lco step is timed from the end of
+    the plain step to the next lco batch start: Lightning's whole loop (fetch, transfer, step, backward,
+    optimizer, hooks, progress bar) and nothing of the plain step."""
+
+    def __init__(self, plain: PlainLoop, batches: list[dict]):
+        super().__init__()
+        self.plain, self.batches, self.plain_times, self.lco_times = plain, batches, [], []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.starts:
+            _sync(pl_module.device)
+            self.lco_times.append(time.perf_counter() - self.starts[-1])
+        self.plain_times.append(self.plain.step(self.batches[batch_idx]))
+        self.starts.append(time.perf_counter())
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if batch_idx == trainer.num_training_batches - 1:
+            _sync(pl_module.device)
+            self.lco_times.append(time.perf_counter() - self.starts[-1])
+
+
+def lco_loop(embedder, method, loss_fn, batches: list[dict], cfg: DictConfig, accelerator: str,
+             timer: StepTimer | None = None) -> list[float]:
+    """Train ``batches`` through ``ContrastiveModule`` under a Lightning ``Trainer``; returns ``timer.times``
+    (a fresh ``StepTimer`` unless given)."""
     module = ContrastiveModule(embedder, method=method, loss=loss_fn,
                                optimizer=partial(torch.optim.AdamW, lr=cfg.lr),
                                scheduler={"name": "linear", "warmup_steps": cfg.warmup_steps},
                                gradient_checkpointing=False, fuse_max_padding=cfg.fuse_max_padding)
-    timer = StepTimer()
+    timer = timer or StepTimer()
     trainer = pl.Trainer(accelerator=accelerator, devices=1, max_steps=len(batches), logger=False,
-                         enable_checkpointing=False, callbacks=[timer, RichProgressBar()], limit_val_batches=0,
-                         num_sanity_val_steps=0, enable_model_summary=False)
+                         enable_checkpointing=False, callbacks=[timer, instantiate(cfg.callbacks.progress_bar)],
+                         limit_val_batches=0, num_sanity_val_steps=0, enable_model_summary=False)
     trainer.fit(module, DataLoader(batches, batch_size=None, shuffle=False))
     return timer.times
 
 
 def part_a(cfg: DictConfig, device: torch.device) -> tuple[dict, list[str]]:
-    """Alternating rounds of plain and lco; returns (results dict, markdown lines)."""
+    """Rounds of paired runs (a plain step before each lco step); returns (results dict, markdown lines)."""
     accelerator = "gpu" if device.type == "cuda" else "cpu"
     rounds, collate_s = [], []
-    for _ in range(cfg.rounds):  # alternate, so drift (thermal, other load) hits both paths alike
+    for _ in range(cfg.rounds):
         embedder, method, loss_fn = build(cfg)
         batches = make_batches(cfg, embedder, collate_s)
-        plain = plain_loop(embedder, method, loss_fn, batches, cfg, device)[cfg.warmup:]
+        paired = Paired(PlainLoop(embedder, method, loss_fn, len(batches), cfg, device), batches)
         embedder, method, loss_fn = build(cfg)
-        lco = lco_loop(embedder, method, loss_fn, batches, cfg, accelerator)[cfg.warmup:]
-        rounds.append({"plain_s": statistics.median(plain), "lco_s": statistics.median(lco)})
+        lco_loop(embedder, method, loss_fn, batches, cfg, accelerator, paired)
+        plain, lco = paired.plain_times[cfg.warmup:], paired.lco_times[cfg.warmup:]
+        rounds.append({"plain_s": statistics.median(plain), "lco_s": statistics.median(lco),
+                       "pair_ratio": statistics.median(b / a for a, b in zip(plain, lco))})
         rounds[-1]["ratio"] = rounds[-1]["lco_s"] / rounds[-1]["plain_s"]
     result = {"what": "lco training step vs a hand-written PyTorch loop (median seconds per step)",
               "batch_size": cfg.batch_size, "steps": cfg.steps, "warmup": cfg.warmup, "rounds": rounds,
@@ -141,9 +187,10 @@ def part_a(cfg: DictConfig, device: torch.device) -> tuple[dict, list[str]]:
     lines = ["## (a) lco's training step vs a hand-written PyTorch loop", "",
              f"Method `{cfg.method._target_.rsplit('.', 1)[-1]}` (r={cfg.method.get('r', '-')}), batch "
              f"{cfg.batch_size} text triplets, {cfg.steps} steps per path and round (first {cfg.warmup} not "
-             "counted).", "",
-             "| round | plain loop s/step | lco s/step | lco / plain |", "|---|---|---|---|"]
-    lines += [f"| {i} | {r['plain_s']:.4f} | {r['lco_s']:.4f} | {r['ratio']:.3f} |" for i, r in enumerate(rounds)]
+             "counted). The paths alternate step by step (plain step i, then lco step i) in one process.", "",
+             "| round | plain loop s/step | lco s/step | lco / plain | median per-step ratio |", "|---|---|---|---|---|"]
+    lines += [f"| {i} | {r['plain_s']:.4f} | {r['lco_s']:.4f} | {r['ratio']:.3f} | {r['pair_ratio']:.3f} |"
+              for i, r in enumerate(rounds)]
     lines += ["", f"Median ratio: **{result['ratio_median']:.3f}** (goal {result['goal']}).", "",
               f"Collation (tokenise + chat template, in one process): {result['collate_s']:.4f} s per batch, so "
               f"{result['workers_needed']} DataLoader worker(s) keep up with lco's fastest round "

@@ -41,10 +41,11 @@ SIDES = ("anchor", "positive", "negative")
 
 
 def peer_cfg(cfg: DictConfig, cache_chunk: int | None = None) -> DictConfig:
-    """``cfg`` with ``model`` = ``peer_model``, part (b)'s sizes and ``loss.cache_chunk``."""
+    """``cfg`` with ``model`` = ``peer_model``, ``source`` = ``peers.source``, part (b)'s sizes and
+    ``loss.cache_chunk``."""
     out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     with open_dict(out):
-        out.model = out.peer_model
+        out.model, out.source = out.peer_model, out.peers.source
         out.batch_size, out.steps = out.peers.batch_size, out.peers.steps
         out.loss.cache_chunk = cache_chunk
     return out
@@ -96,9 +97,10 @@ def st_model(cfg: DictConfig, device: torch.device):
                                                    "attn_implementation": cfg.model.attn_implementation},
                               processor_kwargs=hub_kwargs, config_kwargs=hub_kwargs, modality_config=text,
                               module_output_name="token_embeddings")
-    # lco pads left (as this tokenizer is saved); ST's last-token pooling reads the mask, so either side picks the
-    # last real token, and left gives both models identical token matrices (GradCache chunks included)
-    transformer.tokenizer.padding_side = "left"
+    # lco pads left (as this tokenizer is saved). ST gets right padding, its best case: its cached loss trims each
+    # mini-batch's trailing padding columns (with left padding it trims none). Last-token pooling reads the mask,
+    # and with rotary (relative) positions where the padding sits does not change a vector.
+    transformer.tokenizer.padding_side = "right"
     pooling = Pooling(transformer.get_embedding_dimension(), pooling_mode="lasttoken")
     return SentenceTransformer(modules=[transformer, pooling, Normalize()], device=str(device))
 

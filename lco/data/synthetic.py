@@ -6,7 +6,10 @@ exactly one attribute, so a model must read every attribute to rank the positive
 ``image_fraction > 0`` that share of anchors is a rendered 112x112 PNG of the scene instead of a caption
 (8x8 patches of 14 pixels -> 16 merged Qwen vision tokens). ``split="train"`` / ``"test"`` draws only from
 the training / held-out fifth of the 320 attribute combinations (``held_out``). ``templates=k`` writes captions
-with only the first k templates (less diverse text; k >= 2 so that anchor and positive differ).
+with only the first k templates (less diverse text; k >= 2 so that anchor and positive differ). ``detail=k``
+appends 0 to k neutral sentences (background, light, camera: nothing that tells scenes apart) to each text
+anchor, so anchors run long and vary in length against short positives and negatives, the shape of All-NLI's
+premises and hypotheses (``make bench`` part b measures on it; length grouping then matters).
 """
 
 from __future__ import annotations
@@ -28,6 +31,14 @@ TEMPLATES = [
     "There is a {colour} {shape} on the {position} side, and it is {size}.",
     "The picture shows one {size} {shape}, coloured {colour}, placed {position}.",
     "{position} of the frame: a {colour}, {size} {shape}.",
+]
+DETAILS = [  # true of every scene, so they lengthen an anchor without changing which scene it describes
+    "The background is plain grey.",
+    "Nothing else is in the frame.",
+    "The light comes from above and casts a soft shadow below the object.",
+    "Its edges are sharp.",
+    "The surface looks smooth and slightly glossy.",
+    "The camera looks at it straight on, from a short distance, at the height of the object.",
 ]
 ATTRIBUTES = {"colour": sorted(COLOURS), "shape": SHAPES, "size": SIZES, "position": sorted(POSITIONS)}
 
@@ -79,15 +90,18 @@ class SceneTriplets:
     (default: the lco cache). Same interface as ``TableSource`` (``load``, ``stream``, ``describe``)."""
 
     def __init__(self, n: int = 2048, seed: int = 0, name: str = "scenes", image_fraction: float = 0.0,
-                 image_dir: str | None = None, split: str = "all", templates: int = len(TEMPLATES)):
+                 image_dir: str | None = None, split: str = "all", templates: int = len(TEMPLATES), detail: int = 0):
         if not 2 <= templates <= len(TEMPLATES):
             raise ValueError(f"templates={templates}: use 2 to {len(TEMPLATES)} caption templates")
+        if not isinstance(detail, int) or detail < 0:
+            raise ValueError(f"detail={detail!r}: use an integer >= 0 (the most neutral sentences added to an anchor)")
         self.n, self.seed, self.name, self.image_fraction = n, seed, name, image_fraction
-        self.image_dir, self.split, self.templates = image_dir, split, TEMPLATES[:templates]
+        self.image_dir, self.split, self.templates, self.detail = image_dir, split, TEMPLATES[:templates], detail
 
     def describe(self) -> str:
+        extra = f", detail={self.detail}" if self.detail else ""
         return (f"{self.name}(n={self.n}, seed={self.seed}, image_fraction={self.image_fraction}, split={self.split}, "
-                f"templates={len(self.templates)})")
+                f"templates={len(self.templates)}{extra})")
 
     @property
     def num_rows(self) -> int:
@@ -98,6 +112,7 @@ class SceneTriplets:
 
     def stream(self, policy=None):
         rng = random.Random(f"{self.seed}-{self.name}")  # sources of one mix draw different scenes
+        details = random.Random(f"{self.seed}-{self.name}-detail")  # its own stream: detail=0 changes no scene
         for index in range(self.n):
             scene = random_scene(rng, self.split)
             changed = rng.choice(sorted(ATTRIBUTES))
@@ -106,6 +121,9 @@ class SceneTriplets:
             t_neg = rng.choice(self.templates)
             as_image = rng.random() < self.image_fraction
             anchor = {"image": self._image_path(scene)} if as_image else {"text": caption(scene, t_anchor)}
+            if self.detail and not as_image:
+                extra = details.choices(DETAILS, k=details.randint(0, self.detail))
+                anchor["text"] = " ".join([anchor["text"], *extra])
             yield {
                 "anchor": anchor,
                 "positive": {"text": caption(scene, t_pos)},
