@@ -42,8 +42,10 @@ class InfoNCE(nn.Module):
     clamped so the scale stays <= ``max_scale``. ``symmetric=True`` adds positive->anchor over global anchors
     and averages the two terms. ``gather=False`` keeps the loss local to each rank.
     ``cache_chunk=n`` asks the training step for GradCache (``lco.gradcache``): embeddings are computed n items
-    at a time and re-computed chunk by chunk in backward, so activation memory is that of n items whatever the
-    batch; the loss itself is unchanged (the full-batch loss on all embeddings). ``None``: no caching.
+    at a time (text chunks of shorter items hold more, up to the padded tokens of n of the longest:
+    ``lco.models.batching.row_ranges``) and re-computed chunk by chunk in backward, so activation memory is that
+    of n items whatever the batch; the loss itself is unchanged (the full-batch loss on all embeddings).
+    ``None``: no caching.
     """
 
     def __init__(self, temperature: float = 0.03, learnable: bool = False, symmetric: bool = False,

@@ -73,19 +73,23 @@ class ContrastiveModule(pl.LightningModule):
     def on_before_batch_transfer(self, batch, dataloader_idx: int):
         """Collated triplets (CPU) -> ``{"passes": [...], "sides": n, "rows": B, "modality"}``: each pass is
         ``{"inputs", "sides": [side index...], "sizes", "chunks": [...] or None, "restore"}`` over sides anchor,
-        positive, negative; with chunks, a text-only pass is sorted by length and ``restore`` undoes it."""
+        positive, negative; with chunks, all text-only sides share one pass (unless ``fuse_max_padding=None``),
+        sorted by length (``restore`` undoes it) and cut into chunks filled up to the footprint of ``cache_chunk``
+        of its longest items."""
         if "passes" in batch:
             return batch
         sides = [batch["anchor"], batch["positive"]] + ([batch["negative"]] if batch["negative"] is not None else [])
         chunk = getattr(self.loss_fn, "cache_chunk", None)
         config = self.embedder.backbone.model.config
         token_ids = {kind: getattr(config, attr, None) for kind, (attr, _, _) in MEDIA.items()}
+        # with chunks, joining text sides adds no padding (each chunk drops its own), so any fusing joins them all
+        max_padding = float("inf") if chunk and self.fuse_max_padding is not None else self.fuse_max_padding
         passes = []
-        for inputs, members in fuse(sides, self.embedder.encoder.tokenizer.pad_token_id, self.fuse_max_padding):
+        for inputs, members in fuse(sides, self.embedder.encoder.tokenizer.pad_token_id, max_padding):
             restore = None
-            if chunk and set(inputs) <= TEXT_ONLY:  # chunks of similar lengths carry little padding
-                inputs, restore = sort_by_length(inputs)
-            chunks = plan_chunks(inputs, chunk, token_ids) if chunk else None
+            if chunk and set(inputs) <= TEXT_ONLY:  # sorted by length, chunks carry little padding and can be
+                inputs, restore = sort_by_length(inputs)  # filled with more short rows (plan_chunks' fill)
+            chunks = plan_chunks(inputs, chunk, token_ids, fill=restore is not None) if chunk else None
             passes.append({"inputs": inputs, "sides": members, "chunks": chunks, "restore": restore,
                            "sizes": [sides[i]["input_ids"].shape[0] for i in members]})
         return {"passes": passes, "sides": len(sides), "rows": batch["anchor"]["input_ids"].shape[0],

@@ -4,6 +4,7 @@ The module plans each batch on the host (``on_before_batch_transfer``), then emb
 the real ``ContrastiveModule`` on the tiny Omni twin with text, image, audio and video items in one batch.
 """
 
+import random
 from functools import partial
 
 import pytest
@@ -17,7 +18,7 @@ from lco.losses import InfoNCE
 from lco.methods.clip import ClipStyle
 from lco.methods.lora import LoRA
 from lco.models.backbone import load_backbone
-from lco.models.batching import BatchLayoutError, fuse, plan_chunks, take
+from lco.models.batching import BatchLayoutError, fuse, plan_chunks, row_ranges, take
 from lco.models.embedder import Embedder
 from lco.module import ContrastiveModule
 from lco.checkpointing import AtomicCheckpointIO
@@ -89,6 +90,47 @@ def test_fused_and_chunked_embeddings_equal_separate_passes(media):
             assert len(batch["passes"]) == (2 if fuse_max_padding else 3)
             together = torch.cat(module._embed_triplets(batch))
             assert torch.allclose(together, separate, atol=1e-5), (chunk, fuse_max_padding)
+
+
+def test_filled_chunks_never_outgrow_the_footprint_of_size_longest_rows():
+    """fill: as many rows per chunk as fit rows x longest <= the largest fixed chunk's; in order, all rows once."""
+    lengths = [50, 48, 30, 30, 29, 12, 12, 11, 11, 10, 10, 10, 9, 9, 8, 3]  # sorted longest first
+    assert row_ranges(lengths, 4) == [(0, 4), (4, 8), (8, 12), (12, 16)]
+    assert row_ranges(lengths, 4, fill=True) == [(0, 4), (4, 10), (10, 16)]  # 4x50=200; 6x29=174; 6x10=60
+    rng = random.Random(0)
+    for trial in range(200):
+        lengths = [rng.randint(1, 80) for _ in range(rng.randint(1, 40))]
+        if trial % 2:
+            lengths.sort(reverse=True)
+        size = rng.randint(1, 9)
+        fixed, filled = row_ranges(lengths, size), row_ranges(lengths, size, fill=True)
+        budget = max((b - a) * max(lengths[a:b]) for a, b in fixed)
+        assert [a for a, _ in filled] == [0] + [b for _, b in filled[:-1]] and filled[-1][1] == len(lengths)
+        assert all((b - a) * max(lengths[a:b]) <= budget for a, b in filled) and len(filled) <= len(fixed)
+        if trial % 2:
+            assert filled[0] == fixed[0]  # sorted: the longest rows set the budget and come first
+
+
+def test_cached_step_fills_chunks_with_short_items_and_keeps_gradients():
+    """Long anchors, short positives/negatives: under GradCache the text sides share one sorted pass whose later
+    chunks hold more (short) rows; loss and gradients equal the uncached path's."""
+    long = " ".join(["The background is plain grey and nothing else is in the frame."] * 4)
+    records = [{"anchor": {"text": caption(SCENES[i % 4]) + " " + long * (1 + i % 2)},
+                "positive": {"text": caption(SCENES[i % 4])},
+                "negatives": [{"text": caption(SCENES[(i + 1) % 4])}]} for i in range(8)]
+    loss0, plain, _ = _loss_and_grads(_module(fuse_max_padding=1.25), records)
+    loss, cached, batch = _loss_and_grads(_module(chunk=2, fuse_max_padding=1.25), records)
+    (only,) = batch["passes"]
+    assert sorted(only["sides"]) == [0, 1, 2] and only["inputs"]["input_ids"].shape[0] == 24
+    rows = [c["rows"][1] - c["rows"][0] for c in only["chunks"]]
+    lengths = only["inputs"]["attention_mask"].sum(1).tolist()
+    assert rows[0] == 2 and max(rows) >= 6 and len(rows) < 12  # fixed chunks of 2 would be 12 passes
+    assert all((b - a) * max(lengths[a:b]) <= 2 * lengths[0] for a, b in (c["rows"] for c in only["chunks"]))
+    assert torch.allclose(loss, loss0, atol=1e-6)
+    assert _max_diff(cached, plain) < 1e-5 * max(float(g.abs().max()) for g in plain.values())
+    three = _module(chunk=2, fuse_max_padding=None).on_before_batch_transfer(
+        TripletCollator(_module().embedder.encoder)(records), 0)
+    assert len(three["passes"]) == 3  # fuse_max_padding=null keeps the reference's three passes
 
 
 def test_fuse_keeps_sides_apart_when_padding_would_cost_too_much():

@@ -149,16 +149,16 @@ class Paired(StepTimer):
 
 
 def lco_loop(embedder, method, loss_fn, batches: list[dict], cfg: DictConfig, accelerator: str,
-             timer: StepTimer | None = None) -> list[float]:
-    """Train ``batches`` through ``ContrastiveModule`` under a Lightning ``Trainer``; returns ``timer.times``
-    (a fresh ``StepTimer`` unless given)."""
+             timer: StepTimer | None = None, extra: list[pl.Callback] = ()) -> list[float]:
+    """Train ``batches`` through ``ContrastiveModule`` under a Lightning ``Trainer`` (with ``extra`` callbacks);
+    returns ``timer.times`` (a fresh ``StepTimer`` unless given)."""
     module = ContrastiveModule(embedder, method=method, loss=loss_fn,
                                optimizer=partial(torch.optim.AdamW, lr=cfg.lr),
                                scheduler={"name": "linear", "warmup_steps": cfg.warmup_steps},
                                gradient_checkpointing=False, fuse_max_padding=cfg.fuse_max_padding)
     timer = timer or StepTimer()
     trainer = pl.Trainer(accelerator=accelerator, devices=1, max_steps=len(batches), logger=False,
-                         enable_checkpointing=False, callbacks=[timer, instantiate(cfg.callbacks.progress_bar)],
+                         enable_checkpointing=False, callbacks=[timer, *extra, instantiate(cfg.callbacks.progress_bar)],
                          limit_val_batches=0, num_sanity_val_steps=0, enable_model_summary=False)
     trainer.fit(module, DataLoader(batches, batch_size=None, shuffle=False))
     return timer.times

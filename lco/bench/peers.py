@@ -27,12 +27,14 @@ import tempfile
 import time
 from collections.abc import Sequence
 
+import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from transformers import TrainerCallback
 
 from lco.bench.loop import _sync, build, lco_loop
+from lco.bench.turns import take_turns
 from lco.data.collate import TripletCollator
 from lco.models.backbone import resolve_path
 from lco.optim import effective_warmup
@@ -158,8 +160,8 @@ def _in_order(dataset, batch_size, drop_last, valid_label_columns=None, generato
 
 
 def st_train(st, columns: dict[str, list[str]], cfg: DictConfig, scale: float, chunk: int,
-             device: torch.device) -> list[float]:
-    """Train ``st`` with ST's trainer and cached MNRL; returns seconds per step."""
+             device: torch.device, callback: TrainerCallback | None = None) -> list[float]:
+    """Train ``st`` with ST's trainer and cached MNRL (plus ``callback``); returns seconds per step."""
     from datasets import Dataset
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss
@@ -175,16 +177,18 @@ def st_train(st, columns: dict[str, list[str]], cfg: DictConfig, scale: float, c
             use_cpu=device.type != "cuda")
         loss = CachedMultipleNegativesRankingLoss(st, scale=scale, mini_batch_size=chunk)
         trainer = SentenceTransformerTrainer(model=st, args=args, train_dataset=Dataset.from_dict(columns),
-                                             loss=loss, callbacks=[timer])
+                                             loss=loss, callbacks=[timer] + ([callback] if callback else []))
         trainer.train()
     return timer.times
 
 
-def lco_train(cfg: DictConfig, records: list[dict], device: torch.device):
-    """One lco run (part (a)'s ``lco_loop``) collating ``records`` live; returns (seconds per step, embedder)."""
+def lco_train(cfg: DictConfig, records: list[dict], device: torch.device, callback: pl.Callback | None = None):
+    """One lco run (part (a)'s ``lco_loop``, plus ``callback``) collating ``records`` live; returns (seconds per
+    step, embedder)."""
     embedder, method, loss_fn = build(cfg)
     batches = LazyBatches(records, TripletCollator(embedder.encoder), cfg.batch_size)
-    times = lco_loop(embedder, method, loss_fn, batches, cfg, "gpu" if device.type == "cuda" else "cpu")
+    times = lco_loop(embedder, method, loss_fn, batches, cfg, "gpu" if device.type == "cuda" else "cpu",
+                     extra=[callback] if callback else [])
     return times, embedder
 
 
@@ -197,11 +201,11 @@ def lco_start(cfg: DictConfig, records: list[dict]):
 
 
 def st_run(cfg: DictConfig, start, method, columns: dict[str, list[str]], scale: float, chunk: int,
-           device: torch.device):
+           device: torch.device, callback: TrainerCallback | None = None):
     """One ST run from lco's initial weights (``start``, an lco embedder); returns (seconds per step, model)."""
     st = st_model(cfg, device)
     add_lora(st, method, start.family.lm_prefix, lora_state(start))
-    return st_train(st, columns, cfg, scale, chunk, device), st
+    return st_train(st, columns, cfg, scale, chunk, device, callback), st
 
 
 def render_seconds(encoder, records: list[dict], batch_size: int) -> float:
@@ -211,6 +215,11 @@ def render_seconds(encoder, records: list[dict], batch_size: int) -> float:
     return (time.perf_counter() - start) * batch_size / len(records)
 
 
+def _counted(times: list[float], warmup: int) -> list[float]:
+    """Steps after ``warmup``, without the last (it may overlap the other trainer's teardown) when more remain."""
+    return times[warmup:-1] if len(times) > warmup + 1 else times[warmup:]
+
+
 def part_b(cfg: DictConfig, device: torch.device) -> tuple[dict, list[str]]:
     p = cfg.peers
     cached, base = peer_cfg(cfg, p.chunk), peer_cfg(cfg)
@@ -218,10 +227,11 @@ def part_b(cfg: DictConfig, device: torch.device) -> tuple[dict, list[str]]:
     start, method, columns, scale = lco_start(base, records)
     rounds = []
     for _ in range(p.rounds):
-        row = {}
-        row["lco_cached_s"] = statistics.median(lco_train(cached, records, device)[0][p.warmup:])
-        row["st_cached_s"] = statistics.median(st_run(base, start, method, columns, scale, p.chunk,
-                                                      device)[0][p.warmup:])
+        times = take_turns(lambda turn: lco_train(cached, records, device, turn),
+                           lambda turn: st_run(base, start, method, columns, scale, p.chunk, device, turn), device)
+        lco, st = (_counted(times[name], p.warmup) for name in ("lco", "st"))
+        row = {"lco_cached_s": statistics.median(lco), "st_cached_s": statistics.median(st),
+               "pair_ratio": statistics.median(b / a for a, b in zip(lco, st))}
         row["lco_s"] = statistics.median(lco_train(base, records, device)[0][p.warmup:])
         for key in [k for k in row if k.startswith("lco")]:
             row[key[:-2] + "_ratio"] = row["st_cached_s"] / row[key]  # = triplets/s lco / triplets/s ST
@@ -241,13 +251,18 @@ def part_b(cfg: DictConfig, device: torch.device) -> tuple[dict, list[str]]:
              f"and the same initial adapter; batch {p.batch_size} text triplets (1 hard negative), chunk "
              f"{p.chunk} (ST `CachedMultipleNegativesRankingLoss(mini_batch_size={p.chunk})`, lco "
              f"`loss.cache_chunk={p.chunk}`), scale 1/{base.loss.temperature:g}, AdamW lr {base.lr}, {p.steps} steps per run (first "
-             f"{p.warmup} not counted). Both tokenize inside the step; lco also prepares the chat prompts there "
-             f"({1000 * result['lco_prompt_s_per_batch']:.1f} ms per batch; ST was given them). lco fuses the three "
-             f"sides into one pass when padding allows (`fuse_max_padding={base.get('fuse_max_padding')}`).", "",
+             f"{p.warmup} and the last not counted). The cached trainers take turns step by step (two threads, one "
+             "computing at a time: `lco/bench/turns.py`), so load changes hit both alike; lco uncached runs after "
+             "them, alone. Both tokenize inside the step; lco also prepares the chat prompts there "
+             f"({1000 * result['lco_prompt_s_per_batch']:.1f} ms per batch; ST was given them). lco's cached step embeds "
+             "the three sides in one pass sorted by length, in chunks filled up to the padded tokens of "
+             f"{p.chunk} of the longest items (same peak activation memory, fewer passes); uncached, it fuses them "
+             f"when padding allows (`fuse_max_padding={base.get('fuse_max_padding')}`).", "",
              "| round | ST cached s/step | lco cached s/step | lco uncached s/step | cached: lco / ST triplets/s "
-             "| uncached lco / ST cached |", "|---|---|---|---|---|---|"]
+             "| median per-step ratio | uncached lco / ST cached |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {i} | {r['st_cached_s']:.4f} | {r['lco_cached_s']:.4f} | {r['lco_s']:.4f} | "
-              f"{r['lco_cached_ratio']:.3f} | {r['lco_ratio']:.3f} |" for i, r in enumerate(rounds)]
+              f"{r['lco_cached_ratio']:.3f} | {r['pair_ratio']:.3f} | {r['lco_ratio']:.3f} |"
+              for i, r in enumerate(rounds)]
     lines += ["", f"Median ratio (triplets/s lco / ST, both cached): **{head:.3f}** (goal {result['goal']}; ratio of "
               f"the median steps {result['ratio_of_medians']:.3f}); ST {result['st_cached_triplets_per_s']:.1f} "
               f"triplets/s, lco cached {result['lco_cached_triplets_per_s']:.1f}, lco uncached "

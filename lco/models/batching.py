@@ -9,7 +9,7 @@ twins; ``input_features`` / ``feature_attention_mask`` [n_audio, ...]).
 common length costs little, so one forward pass replaces three. ``plan_chunks(batch, size)`` cuts a batch into
 row chunks of ``size`` items for GradCache, each with its leading all-padding columns dropped and its own
 slices of the media tensors (``sort_by_length`` first groups a text-only batch's rows by length, so chunks
-carry little padding); ``take(batch, chunk)`` applies one on any device with Python ints only, so the
+carry little padding, and ``fill`` lets chunks of short rows take more of them: ``row_ranges``); ``take(batch, chunk)`` applies one on any device with Python ints only, so the
 training step never waits on the host. Both only re-arrange: every item's tokens, mask and media stay the
 same, and with rotary positions (relative) an item's embedding does not depend on how much padding precedes it.
 """
@@ -104,11 +104,36 @@ def _media_counts(batch: dict, token_ids: dict[str, int | None]) -> dict[str, li
     return counts
 
 
-def plan_chunks(batch: dict, size: int, token_ids: dict[str, int | None] | None = None) -> list[dict]:
-    """Chunks of ``size`` rows: ``{"rows": (start, end), "first_col": c, "media": {key: (start, end)}}``.
+def row_ranges(lengths: list[int], size: int, fill: bool = False) -> list[tuple[int, int]]:
+    """Row ranges ``[(start, end), ...]`` covering ``len(lengths)`` rows in order: ``size`` rows each, or with
+    ``fill`` as many rows as fit the padded-token footprint (rows x longest ``lengths`` in the range) of the
+    largest ``size``-row range, so no range costs more activation memory than a ``size``-row one would, and
+    short rows share fewer, fuller forward passes (on a batch sorted longest first: ``size`` rows of the
+    longest, then more and more of the shorter)."""
+    n = len(lengths)
+    fixed = [(start, min(start + size, n)) for start in range(0, n, size)]
+    if not fill:
+        return fixed
+    budget = max((end - start) * max(lengths[start:end]) for start, end in fixed)
+    ranges, start = [], 0
+    while start < n:
+        end, width = start + 1, lengths[start]
+        while end < n and (end + 1 - start) * max(width, lengths[end]) <= budget:
+            width = max(width, lengths[end])
+            end += 1
+        ranges.append((start, end))
+        start = end
+    return ranges
+
+
+def plan_chunks(batch: dict, size: int, token_ids: dict[str, int | None] | None = None,
+                fill: bool = False) -> list[dict]:
+    """Chunks of ``size`` rows (``fill``: filled up to the same padded-token footprint, see ``row_ranges``):
+    ``{"rows": (start, end), "first_col": c, "media": {key: (start, end)}}``.
 
     Computed on the host (CPU tensors) before the batch moves to the device. ``token_ids`` maps ``image``,
-    ``video``, ``audio`` to the model's placeholder token ids; needed only when the batch has media.
+    ``video``, ``audio`` to the model's placeholder token ids; needed only when the batch has media (whose
+    chunks are never filled: their memory is not counted in tokens).
     """
     unknown = set(batch) - TEXT_ONLY - {k for _, _, keys in MEDIA.values() for k in keys}
     if unknown:
@@ -119,8 +144,7 @@ def plan_chunks(batch: dict, size: int, token_ids: dict[str, int | None] | None 
     counts = _media_counts(batch, token_ids or {})
     cursor = {key: 0 for _, _, keys in MEDIA.values() for key in keys if key in batch}
     chunks = []
-    for start in range(0, n, size):
-        end = min(start + size, n)
+    for start, end in row_ranges(real.sum(dim=1).tolist(), size, fill=fill and not counts):
         used = real[start:end].any(dim=0).nonzero()
         first_col = int(used[0]) if len(used) else 0
         media = {}
