@@ -124,7 +124,8 @@ class ContrastiveModule(pl.LightningModule):
             self._skip_update = True
             return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["rows"])
-        self.log("train/temperature", 1.0 / self.loss_fn.scale().detach(), batch_size=1)
+        if self.loss_fn.log_scale.requires_grad:  # a fixed temperature is in config.yaml; logging costs ~1 ms
+            self.log("train/temperature", 1.0 / self.loss_fn.scale().detach(), batch_size=1)
         self.history["train/loss"].append(loss.detach())
         return loss
 

@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -37,3 +38,17 @@ def test_learnable_temperature_gets_a_gradient_and_is_clamped():
     # scale clamped at 20 (temperature 0.05) even though 1/0.03 = 33
     ref = InfoNCE(temperature=0.05)(a.detach(), p)
     assert torch.allclose(loss_fn(a.detach(), p), ref)
+
+
+@pytest.mark.parametrize("learnable", [True, False])
+def test_temperature_is_logged_when_it_is_learned(tmp_path, learnable):
+    """train/temperature is a metric only when it can change; a fixed one is in the run's config.yaml."""
+    from lco.train import run
+    from tests.conftest import compose_train
+
+    cfg = compose_train(tmp_path, ["model=tiny_text", "data=scenes", "data.sources.scenes.n=64", "data.batch_size=4",
+                                   "trainer=cpu", "logger=none", "debug=fdr", f"loss.learnable={learnable}"])
+    metrics = run(cfg)
+    assert metrics["train/loss"] > 0 and ("train/temperature" in metrics) == learnable
+    if learnable:
+        assert 0 < metrics["train/temperature"] < 1

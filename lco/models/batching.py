@@ -139,7 +139,6 @@ def plan_chunks(batch: dict, size: int, token_ids: dict[str, int | None] | None 
     if unknown:
         raise BatchLayoutError(f"loss.cache_chunk cannot split batch tensors {sorted(unknown)}: lco does not "
                                "know which items they belong to. Set loss.cache_chunk=null for this model/data.")
-    n = batch["input_ids"].shape[0]
     real = batch["attention_mask"].bool()
     counts = _media_counts(batch, token_ids or {})
     cursor = {key: 0 for _, _, keys in MEDIA.values() for key in keys if key in batch}
