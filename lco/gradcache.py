@@ -24,7 +24,7 @@ import torch
 from lco.models.batching import take
 
 
-class _RngState:
+class RngState:
     """The CPU (and, for a CUDA device, that device's) random state at one moment."""
 
     def __init__(self, device: torch.device):
@@ -66,7 +66,7 @@ def cached_embed(embed: Callable[[dict], torch.Tensor], batch: dict, chunks: lis
     states, outputs = [], []
     with torch.no_grad():
         for chunk in chunks:
-            states.append(_RngState(device))
+            states.append(RngState(device))
             outputs.append(embed(take(batch, chunk)))
 
     def replay(grad: torch.Tensor) -> list[torch.Tensor | None]:

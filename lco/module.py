@@ -82,7 +82,7 @@ class ContrastiveModule(pl.LightningModule):
         chunk = getattr(self.loss_fn, "cache_chunk", None)
         config = self.embedder.backbone.model.config
         token_ids = {kind: getattr(config, attr, None) for kind, (attr, _, _) in MEDIA.items()}
-        # with chunks, joining text sides adds no padding (each chunk drops its own), so any fusing joins them all
+        # with chunks, joining text sides pads no forward pass (each chunk drops its own), so fusing joins them all
         max_padding = float("inf") if chunk and self.fuse_max_padding is not None else self.fuse_max_padding
         passes = []
         for inputs, members in fuse(sides, self.embedder.encoder.tokenizer.pad_token_id, max_padding):

@@ -21,6 +21,8 @@ def _trainer(name, steps, log, work, fail_at=None):
                 callback.on_train_batch_start(None, None, None, i)
             else:
                 callback.on_step_begin(None, None, None)
+            if fail_at is KeyboardInterrupt:
+                raise KeyboardInterrupt
             if i == fail_at:
                 raise RuntimeError(f"{name} failed at step {i}")
             log.append((name, i))
@@ -42,12 +44,16 @@ def test_trainers_alternate_step_by_step_and_time_only_their_own_steps():
     assert all(0.01 <= t < 0.09 for t in times["lco"]) and all(0.1 <= t < 0.19 for t in times["st"])
 
 
-def test_an_error_in_either_trainer_is_raised_and_the_other_finishes():
+def test_an_error_in_either_trainer_stops_both_and_is_raised():
     log = []
     with pytest.raises(RuntimeError, match="st failed at step 1"):
-        take_turns(_trainer("lco", 3, log, 0.0), _trainer("st", 3, log, 0.0, fail_at=1), CPU)
-    assert log[-1] == ("lco", 2)  # lco ran on alone after ST failed
+        take_turns(_trainer("lco", 4, log, 0.0), _trainer("st", 4, log, 0.0, fail_at=1), CPU)
+    assert log == [("st", "setup"), ("lco", 0), ("st", 0), ("lco", 1)]  # lco stops at its next step start
     log = []
-    with pytest.raises(RuntimeError, match="lco failed at step 0"):
-        take_turns(_trainer("lco", 3, log, 0.0, fail_at=0), _trainer("st", 2, log, 0.0), CPU)
-    assert log == [("st", "setup"), ("st", 0), ("st", 1)]
+    with pytest.raises(RuntimeError, match="lco failed at step 1"):
+        take_turns(_trainer("lco", 3, log, 0.0, fail_at=1), _trainer("st", 3, log, 0.0), CPU)
+    assert log == [("st", "setup"), ("lco", 0), ("st", 0)]  # ST is ended where it waits, not run on alone
+    log = []
+    with pytest.raises(KeyboardInterrupt):
+        take_turns(_trainer("lco", 3, log, 0.0), _trainer("st", 3, log, 0.0, fail_at=KeyboardInterrupt), CPU)
+    assert log == [("st", "setup"), ("lco", 0)]

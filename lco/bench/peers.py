@@ -33,7 +33,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from transformers import TrainerCallback
 
-from lco.bench.loop import _sync, build, lco_loop
+from lco.bench.loop import _sync, build, counted, lco_loop
 from lco.bench.turns import take_turns
 from lco.data.collate import TripletCollator
 from lco.models.backbone import resolve_path
@@ -215,11 +215,6 @@ def render_seconds(encoder, records: list[dict], batch_size: int) -> float:
     return (time.perf_counter() - start) * batch_size / len(records)
 
 
-def _counted(times: list[float], warmup: int) -> list[float]:
-    """Steps after ``warmup``, without the last (it may overlap the other trainer's teardown) when more remain."""
-    return times[warmup:-1] if len(times) > warmup + 1 else times[warmup:]
-
-
 def part_b(cfg: DictConfig, device: torch.device) -> tuple[dict, list[str]]:
     p = cfg.peers
     cached, base = peer_cfg(cfg, p.chunk), peer_cfg(cfg)
@@ -229,7 +224,7 @@ def part_b(cfg: DictConfig, device: torch.device) -> tuple[dict, list[str]]:
     for _ in range(p.rounds):
         times = take_turns(lambda turn: lco_train(cached, records, device, turn),
                            lambda turn: st_run(base, start, method, columns, scale, p.chunk, device, turn), device)
-        lco, st = (_counted(times[name], p.warmup) for name in ("lco", "st"))
+        lco, st = (counted(times[name], p.warmup) for name in ("lco", "st"))
         row = {"lco_cached_s": statistics.median(lco), "st_cached_s": statistics.median(st),
                "pair_ratio": statistics.median(b / a for a, b in zip(lco, st))}
         row["lco_s"] = statistics.median(lco_train(base, records, device)[0][p.warmup:])

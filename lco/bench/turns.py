@@ -10,8 +10,9 @@ gets its own OpenMP team, whose workers spin for a while after each parallel reg
 would steal the cores of the running one (measured here: both steps ~1.8x slower). When one trainer has run all
 its steps the other finishes alone.
 
-Both trainers draw dropout masks from torch's global random stream, so interleaved they draw different masks
-than each would alone: the work is the same, the weights reached differ (the like-for-like weight check runs the
+Both trainers draw dropout masks from torch's global random stream, and ST's trainer reseeds it when it starts
+(while lco waits at its first step), so interleaved they draw different masks than each would alone: the work
+is the same, the weights reached differ (the like-for-like weight check runs the
 trainers alone, ``tests/test_bench_peers.py``).
 """
 
@@ -34,6 +35,7 @@ class Turns:
         self.device = device
         self.times: dict[str, list[float]] = {"lco": [], "st": []}
         self.threads: dict[str, greenlet] = {}
+        self.errors: list[Exception] = []  # ST's error, raised in lco's greenlet at its next step start
         self._resumed: dict[str, float | None] = {"lco": None, "st": None}
 
     def _stop_clock(self, name: str) -> None:
@@ -50,6 +52,8 @@ class Turns:
         other = self.threads["st" if name == "lco" else "lco"]
         if not other.dead:
             other.switch()
+        if self.errors and name == "lco":
+            raise self.errors[0]
         self._resumed[name] = time.perf_counter()
 
     def finished(self, name: str) -> None:
@@ -86,22 +90,25 @@ class StTurn(TrainerCallback):
 def take_turns(run_lco: Callable, run_st: Callable, device: torch.device) -> dict[str, list[float]]:
     """Run ``run_lco(callback)`` and ``run_st(callback)`` one step each in turn (lco sets up, then ST while lco
     waits at its first step, then lco's step 0, ST's step 0, ...); returns seconds per step of each
-    (``{"lco": [...], "st": [...]}``). An error in either is raised here."""
+    (``{"lco": [...], "st": [...]}``). An error in either stops both and is raised here."""
     turns = Turns(device)
-    errors: list[BaseException] = []
 
     def st_side():
         try:
             run_st(StTurn(turns))
-        except BaseException as error:  # noqa: BLE001 - re-raised below, in lco's greenlet
-            errors.append(error)
+        except Exception as error:  # stops lco at its next step start (a KeyboardInterrupt reaches lco as is)
+            turns.errors.append(error)
 
-    turns.threads = {"lco": greenlet.getcurrent(), "st": greenlet(st_side)}
+    st = greenlet(st_side)
+    turns.threads = {"lco": greenlet.getcurrent(), "st": st}
     try:
         run_lco(LcoTurn(turns))
-    finally:
-        while not turns.threads["st"].dead:  # lco is done (or failed): ST runs its remaining steps alone
-            turns.threads["st"].switch()
-    if errors:
-        raise errors[0]
+    except BaseException:
+        if not st.dead:
+            st.throw()  # lco failed or was interrupted: end ST where it waits (GreenletExit), no run of its own
+        raise
+    while not st.dead:  # lco is done: ST runs its remaining steps alone
+        st.switch()
+    if turns.errors:
+        raise turns.errors[0]
     return turns.times
