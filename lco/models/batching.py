@@ -9,9 +9,10 @@ twins; ``input_features`` / ``feature_attention_mask`` [n_audio, ...]).
 common length costs little, so one forward pass replaces three. ``plan_chunks(batch, size)`` cuts a batch into
 row chunks of ``size`` items for GradCache, each with its leading all-padding columns dropped and its own
 slices of the media tensors (``sort_by_length`` first groups a text-only batch's rows by length, so chunks
-carry little padding, and ``fill`` lets chunks of short rows take more of them: ``row_ranges``); ``take(batch, chunk)`` applies one on any device with Python ints only, so the
-training step never waits on the host. Both only re-arrange: every item's tokens, mask and media stay the
-same, and with rotary positions (relative) an item's embedding does not depend on how much padding precedes it.
+carry little padding, and ``fill`` lets chunks of short rows take more of them: ``row_ranges``);
+``take(batch, chunk)`` applies one on any device with Python ints only, so the training step never waits on
+the host. Both only re-arrange: every item's tokens, mask and media stay the same, and with rotary positions
+(relative) an item's embedding does not depend on how much padding precedes it.
 """
 
 from __future__ import annotations
