@@ -109,12 +109,16 @@ def st_model(cfg: DictConfig, device: torch.device):
 
 def add_lora(st, method, lm_prefix: str, init: dict[str, torch.Tensor] | None = None) -> None:
     """lco's LoRA (same targets, r, alpha, dropout) on ST's AutoModel, optionally with lco's initial tensors.
-    ST's AutoModel is the headless decoder, so lco's target regex loses its ``lm_prefix.`` head."""
-    from peft import LoraConfig
+    ST's AutoModel is the headless decoder, so lco's target regex loses its ``lm_prefix.`` head.
+
+    peft's ``inject_adapter_in_model`` is what ST's ``add_adapter`` calls through transformers' PEFT integration,
+    minus that integration's peft version gate (transformers 5.24 asks for peft >= 0.22, which no index had on
+    2026-11-30): the same LoRA modules and parameter names, base frozen, adapters trainable."""
+    from peft import LoraConfig, inject_adapter_in_model
 
     regex = method.target_regex(lm_prefix).removeprefix(re.escape(lm_prefix) + r"\.")
-    st.add_adapter(LoraConfig(r=method.r, lora_alpha=method.alpha, lora_dropout=method.dropout, bias="none",
-                              target_modules=regex))
+    inject_adapter_in_model(LoraConfig(r=method.r, lora_alpha=method.alpha, lora_dropout=method.dropout,
+                                       bias="none", target_modules=regex), st[0].auto_model)
     if init is not None:
         params = dict(st[0].auto_model.named_parameters())
         if {n for n, p in params.items() if p.requires_grad} != set(init):
