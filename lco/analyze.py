@@ -3,7 +3,8 @@
 For the base model (``model=``) and every folder in ``checkpoints``: embed both sides of each pair at every
 decoder layer, then per layer compute the anisotropy of each side and their mutual-kNN alignment (``k``).
 Writes ``analysis.csv`` (checkpoint, layer, anisotropy_anchor, anisotropy_positive, alignment) and one line
-plot per metric (``<metric>.png``, a line per checkpoint) to the run folder; logs them to W&B if ``wandb`` is set.
+plot per metric (``<metric>.png``, a line per checkpoint) to the run folder; with ``logger=wandb`` also the table,
+the plots and the last layer's metrics as a W&B run (job_type analyze) in the group of the first checkpoint's run.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import csv
 from pathlib import Path
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from lco import tracking
 from lco.cli import DEVICE, entry
 from lco.analysis.layers import layer_states
 from lco.analysis.metrics import anisotropy, mutual_knn_alignment
@@ -67,12 +69,10 @@ def run(cfg: DictConfig) -> list[dict]:
         writer.writerows(rows)
     for metric in METRICS:
         plot(rows, metric, out / f"{metric}.png")
-    if cfg.wandb:
-        import wandb
-
-        with wandb.init(job_type="analyze", config=OmegaConf.to_container(cfg, resolve=True), **cfg.wandb) as wb:
-            wb.log({"analysis": wandb.Table(columns=list(rows[0]), data=[list(r.values()) for r in rows]),
-                    **{m: wandb.Image(str(out / f"{m}.png")) for m in METRICS}})
+    with tracking.tracked(cfg, follow_checkpoint=cfg.checkpoints[0] if cfg.checkpoints else None) as loggers:
+        final = {f"{r['checkpoint']}/{m}": r[m] for r in rows if r["layer"] == rows[-1]["layer"] for m in METRICS}
+        tracking.log_results(loggers, final, tables={"analysis": rows},
+                             images={m: out / f"{m}.png" for m in METRICS})
     print(f"lco.analyze: {len(rows)} rows -> {out / 'analysis.csv'}")
     return rows
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 
 from lco.checkpointing import atomic_folder
+from lco.provenance import environment
 
 
 def embedding_card(embedder, method) -> dict:
@@ -27,6 +28,8 @@ def embedding_card(embedder, method) -> dict:
         "prompt_suffixes": embedder.encoder.prompter.suffixes,
         "system_prompt": embedder.encoder.prompter.system,
         "padding_side": "left",
+        # lco commit, lock hash and package versions; the base model's hub commit or folder + config hash
+        "provenance": {**environment(), "base_model": embedder.backbone.source},
     }
 
 

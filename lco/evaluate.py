@@ -3,7 +3,8 @@
 Order: select the tasks, check their datasets are available (offline: fail at once, naming them), load the
 embedder (a trained adapter folder, or the base ``model=``), run ``mteb.evaluate``. Writes mteb's result files
 under ``<run folder>/mteb/results/<name>/<revision>/`` and ``summary.md`` / ``summary.json`` (mean main score
-per task category and over all tasks).
+per task category and over all tasks). With ``logger=wandb`` the means and the table go to a W&B run (job_type
+evaluate) in the group, and under the name, of the training run that wrote the checkpoint.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from lco import tracking
 from lco.cli import DEVICE, entry
 from lco.config import check_config
 from lco.evaluation.benchmarks import check_available, skip_self_matches, summarize
@@ -42,13 +44,16 @@ def run(cfg: DictConfig) -> list[dict]:
         embedder = instantiate(cfg.embed)(instantiate(cfg.model)).to(DEVICE)
         name = f"lco-base/{cfg.model.path}"
     out = Path(cfg.paths.output_dir)
-    results = mteb.evaluate(MtebEncoder(embedder, name=name, batch_size=cfg.batch_size), tasks,
-                            cache=mteb.ResultCache(cache_path=str(out / "mteb")),
-                            overwrite_strategy="always" if cfg.overwrite else "only-missing",
-                            encode_kwargs={"batch_size": cfg.batch_size}, show_progress_bar=True)
-    rows = summarize(results, tasks)
-    (out / "summary.json").write_text(json.dumps(rows, indent=2))
-    (out / "summary.md").write_text(_markdown(rows))
+    with tracking.tracked(cfg, follow_checkpoint=cfg.checkpoint) as loggers:
+        results = mteb.evaluate(MtebEncoder(embedder, name=name, batch_size=cfg.batch_size), tasks,
+                                cache=mteb.ResultCache(cache_path=str(out / "mteb")),
+                                overwrite_strategy="always" if cfg.overwrite else "only-missing",
+                                encode_kwargs={"batch_size": cfg.batch_size}, show_progress_bar=True)
+        rows = summarize(results, tasks)
+        (out / "summary.json").write_text(json.dumps(rows, indent=2))
+        (out / "summary.md").write_text(_markdown(rows))
+        tracking.log_results(loggers, {f"mteb/{r['category']}": r["mean_main_score"] for r in rows},
+                             tables={"mteb/summary": rows})
     print(_markdown(rows))
     return rows
 

@@ -29,6 +29,7 @@ from lco.checkpointing import atomic_folder
 from lco.cli import entry
 from lco.config import ConfigError, check_config
 from lco.models.loading import CARD, read_card
+from lco.provenance import environment
 
 FIX = "point checkpoint= at the adapter/ folder of a finished lco run (logs/train/runs/<date>_<time>/adapter)"
 ADAPTER = ("adapter_config.json", "adapter_model.safetensors")
@@ -236,7 +237,7 @@ def export(checkpoint: str | Path, out: str | Path, sentence_transformers: bool 
             "max_length": prompt_overhead(processor) + card["max_text_tokens"]}
     exported = {**card, "method": "linear_probe" if head is not None else "full",
                 "exported": {"from": str(checkpoint.resolve()), "method": card["method"], "dtype": dtype,
-                             "sentence_transformers": sentence_transformers}}
+                             "sentence_transformers": sentence_transformers, "provenance": environment()}}
     if head is not None:  # the backbone is the folder itself ("."), wherever the export is moved
         exported["base_model"] = "."
     with atomic_folder(out) as tmp:

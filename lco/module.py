@@ -52,6 +52,7 @@ class ContrastiveModule(pl.LightningModule):
         method.apply(embedder)
         embedder.train()  # from_pretrained returns eval mode; LoRA dropout must be active while training
         self._val_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.validated_at: int | None = None  # global step of the last validation (lco.train validates the end)
         self.history: dict[str, list[torch.Tensor]] = {"train/loss": []}  # detached: no host sync per step
         self._t0 = None
 
@@ -145,6 +146,7 @@ class ContrastiveModule(pl.LightningModule):
         a_mod = [m for _, _, mods in self._val_outputs for m in mods["anchor"]]
         p_mod = [m for _, _, mods in self._val_outputs for m in mods["positive"]]
         self._val_outputs.clear()
+        self.validated_at = self.global_step
         metrics = {f"r{k}": v for k, v in recall_at(anchors, positives).items()}
         metrics.update(directional_recalls(anchors, positives, a_mod, p_mod))
         for name, value in metrics.items():

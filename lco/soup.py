@@ -39,10 +39,12 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from lco import tracking
 from lco.checkpointing import atomic_folder
 from lco.cli import DEVICE, entry
 from lco.config import ConfigError, check_config, check_modalities
 from lco.models.loading import CARD, embedder_from_card
+from lco.provenance import environment
 
 MODES = ("weighted", "uniform", "greedy")
 CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
@@ -135,7 +137,7 @@ def read_ingredients(folders: list[Path]) -> list[Ingredient]:
             problems.append(str(err))
     first = ingredients[0] if ingredients else None
     for other in ingredients[1:]:
-        for field in sorted((set(first.card) | set(other.card)) - {"soup"}):
+        for field in sorted((set(first.card) | set(other.card)) - {"soup", "provenance"}):
             if other.card.get(field) != first.card.get(field):
                 problems.append(f"adapter {other.folder}: {CARD} field {field!r} is {other.card.get(field)!r} but "
                                 f"{first.folder} has {first.card.get(field)!r}; a soup needs adapters of one base "
@@ -268,7 +270,9 @@ def save_soup(out: Path, ingredients: list[Ingredient], weights: list[float], so
         for path in ingredients[0].folder.iterdir():
             if path.is_file() and path.name not in skip:
                 shutil.copy2(path, tmp / path.name)
-        (tmp / CARD).write_text(json.dumps({**ingredients[0].card, "soup": soup}, indent=2))
+        provenance = {**environment(), "base_model": ingredients[0].card.get("provenance", {}).get("base_model"),
+                      "ingredients": [i.card.get("provenance") for i in ingredients]}
+        (tmp / CARD).write_text(json.dumps({**ingredients[0].card, "soup": soup, "provenance": provenance}, indent=2))
 
 
 def run(cfg: DictConfig) -> dict:
@@ -300,6 +304,10 @@ def run(cfg: DictConfig) -> dict:
                     score=score)
     save_soup(out, ingredients, weights, soup)
     attach(embedder, out, "soup")  # the written folder loads onto its base
+    with tracking.tracked(cfg, follow_checkpoint=folders[0]) as loggers:
+        tracking.log_results(loggers, {f"soup/weight_{i}": w for i, w in enumerate(weights)}
+                             | ({f"soup/{cfg.metric}": soup["score"]} if "score" in soup else {}),
+                             tables={"soup/steps": soup.get("steps") or []})
     print(f"lco.soup: {cfg.mode} soup of {len(folders)} adapters, weights "
           f"[{', '.join(f'{w:.4g}' for w in weights)}] (normalised to sum 1), rank {soup['rank']} -> {out}")
     return soup

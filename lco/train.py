@@ -12,6 +12,7 @@ Outputs go to the run folder (``paths.output_dir``): ``config.yaml`` (secrets ma
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -20,11 +21,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
-from lco.callbacks import Probe
+from lco import tracking
+from lco.callbacks import Probe, SaveEmbedder
 from lco.checkpointing import AtomicCheckpointIO, Preemption, RNGState, remove_partial_writes, resume_checkpoint
 from lco.cli import entry
 from lco.config import ConfigError, check_config, check_launch, check_modalities
 from lco.module import ContrastiveModule
+from lco.provenance import environment
 from lco.security import redact
 from lco.summary import print_summary, record_cost, write_metrics
 
@@ -61,12 +64,13 @@ def _strategy(cfg: DictConfig, method) -> dict:
     return {**extra, "strategy": instantiate(strategy, **kwargs)} if kwargs else extra
 
 
-def _logger(node: DictConfig, resume):
+def _logger(node: DictConfig, resume, out: Path):
     """The configured logger; on resume a CSV logger writes a new version (``csv/resumed_<time>``): its fixed
-    version would make Lightning clear the interrupted run's ``metrics.csv``."""
+    version would make Lightning clear the interrupted run's ``metrics.csv``; a W&B logger goes on in the run
+    folder's W&B run."""
     if resume is not None and str(node.get("_target_", "")).endswith("CSVLogger"):
         return instantiate(node, version=f"resumed_{time.strftime('%Y-%m-%d_%H-%M-%S')}")
-    return instantiate(node)
+    return instantiate(node, **(tracking.resume_id(node, out) if resume is not None else {}))
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
@@ -99,9 +103,16 @@ def run(cfg: DictConfig) -> dict[str, float]:
                                fuse_max_padding=cfg.fuse_max_padding,
                                max_nonfinite_skips=cfg.max_nonfinite_skips)
     datamodule.attach(embedder.encoder)
-    loggers = [_logger(cfg.logger, resume)] if cfg.get("logger") else []
-    callbacks = _instantiate_group(cfg.get("callbacks"))
     out = Path(cfg.paths.output_dir)
+    loggers = [_logger(cfg.logger, resume, out)] if cfg.get("logger") else []
+    with tracking.finishing(loggers):  # each job of a sweep ends its own W&B run, also when it fails
+        return _fit(cfg, module, datamodule, loggers, extra, resume, out)
+
+
+def _fit(cfg: DictConfig, module: ContrastiveModule, datamodule, loggers: list, extra: dict, resume,
+         out: Path) -> dict[str, float]:
+    """Callbacks, trainer, config and provenance on record, validation before, fit, summary."""
+    callbacks = _instantiate_group(cfg.get("callbacks"))
     if datamodule.probe is not None:  # the data's own before/after evaluation (e.g. toy-world held-out scenes)
         callbacks.append(Probe(datamodule.probe, out / "probe.json"))
     checkpoints = next((c.dirpath for c in callbacks if isinstance(c, ModelCheckpoint) and c.dirpath), None)
@@ -112,6 +123,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if trainer.is_global_zero:
         out.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(OmegaConf.create(redact(OmegaConf.to_container(cfg, resolve=True))), out / "config.yaml")
+        provenance = {**environment(), "base_model": module.embedder.backbone.source}
+        (out / "provenance.json").write_text(json.dumps(provenance, indent=2))
+        tracking.start(loggers, tracking.run_config(cfg, provenance), out)
     before = {}
     if cfg.validate_before and resume is None and not trainer.fast_dev_run and datamodule.val_records:
         before = {k: float(v) for k, v in trainer.validate(module, datamodule, verbose=False)[0].items()}
@@ -119,9 +133,17 @@ def run(cfg: DictConfig) -> dict[str, float]:
     trainer.fit(module, datamodule, ckpt_path=resume, weights_only=True)
     after = {k: float(v) for k, v in trainer.callback_metrics.items()}
     cost = record_cost(trainer, time.perf_counter() - start)
+    if (datamodule.val_records and trainer.limit_val_batches and not trainer.fast_dev_run
+            and module.validated_at != trainer.global_step):
+        # the run stopped between validations (max_steps, a time limit): "after" is measured on the final weights
+        for results in trainer.validate(module, datamodule, verbose=False):
+            after.update({k: float(v) for k, v in results.items()})
     if trainer.is_global_zero:
         write_metrics(out / "metrics.json", before, after, cost, module.parameter_counts(), module.method.name)
         print_summary(module, before, after, out, trainer)
+        adapter = next((Path(c.dirpath) for c in callbacks if isinstance(c, SaveEmbedder)), None)
+        tracking.summarize(loggers, before, after, cost, module.parameter_counts(),
+                           probe=out / "probe.json" if datamodule.probe is not None else None, adapter=adapter)
     return after
 
 

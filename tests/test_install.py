@@ -90,3 +90,5 @@ def test_a_fresh_install_from_the_lock_trains(tmp_path, venv):
     (metrics,) = (tmp_path / "logs").rglob("metrics.json")
     after = json.loads(metrics.read_text())["after"]
     assert 0 < after["train/loss"] < 10  # one InfoNCE step over 8 triplets: about log(16)
+    (provenance,) = (tmp_path / "logs").rglob("provenance.json")
+    assert json.loads(provenance.read_text())["lock"] == {"file": str(LOCK), "sha256": digest, "matches": True}

@@ -11,6 +11,7 @@ from lco.models.backbone import load_backbone
 from lco.models.tiny import materialize
 from lco.train import run
 from tests.conftest import compose_train
+from tests.wandb_offline import read_run
 
 
 def test_short_run_learns_and_touches_only_decoder_lora(tmp_path):
@@ -100,9 +101,13 @@ def test_wandb_offline_writes_a_local_run(tmp_path, monkeypatch):
     cfg = compose_train(tmp_path, ["logger=wandb", "logger.mode=offline", "model=tiny_text", "debug=limit",
                                    "data=scenes", "data.sources.scenes.n=128", "data.batch_size=8", "validate_before=false"])
     metrics = run(cfg)
-    runs = list(tmp_path.rglob("offline-run-*"))
-    assert runs and metrics["train/loss"] > 0
-    assert list(runs[0].rglob("*.wandb"))
+    (found,) = tmp_path.rglob("offline-run-*")
+    wb = read_run(found)
+    # a single run is named and grouped by its task; its summary holds the final loss lco returned
+    assert (wb["run"]["name"], wb["run"]["group"], wb["run"]["job_type"]) == ("train", "train", "train")
+    assert wb["summary"]["after/train/loss"] == metrics["train/loss"] > 0 and wb["exit_code"] == 0
+    assert wb["config"]["choices"]["model"] == "tiny_text"
+    assert json.loads((tmp_path / "tracking.json").read_text())["id"] == wb["run"]["id"]
 
 
 def test_a_run_shorter_than_its_warmup_warms_up_over_a_tenth():

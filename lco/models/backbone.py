@@ -9,7 +9,7 @@ Out: a ``Backbone`` whose ``model`` is the transformers model (Omni: the thinker
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -19,6 +19,7 @@ from lco.models.families import Family, get_family
 from lco.models.processor import load_processor
 from lco.models.quantization import from_pretrained_kwargs
 from lco.models.tiny import TINY_PREFIX, materialize
+from lco.provenance import model_revision
 
 
 class BackboneUnavailable(RuntimeError):
@@ -31,6 +32,7 @@ class Backbone:
     processor: object
     family: Family
     path: str
+    source: dict = field(default_factory=dict)  # lco.provenance.model_revision: hub commit, or folder + config hash
 
     @property
     def tokenizer(self):
@@ -85,6 +87,7 @@ def load_backbone(family: str, path: str, dtype: str = "auto", attn_implementati
     if dtype == "auto":
         dtype = "bfloat16" if torch.cuda.is_available() else "float32"
     config = transformers.AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code, **hub_kwargs)
+    source = {**model_revision(path, where, config), "revision": revision}
     if fam.config_key and hasattr(config, fam.config_key):  # Omni checkpoints: keep only the thinker
         config = getattr(config, fam.config_key)
     cls = getattr(transformers, fam.model_class)
@@ -92,4 +95,4 @@ def load_backbone(family: str, path: str, dtype: str = "auto", attn_implementati
                                 attn_implementation=attn_implementation, trust_remote_code=trust_remote_code,
                                 **hub_kwargs, **quantized)
     processor = load_processor(where, fam.processor_class, fam.feature_extractor_class, **hub_kwargs)
-    return Backbone(model=model, processor=processor, family=fam, path=path)
+    return Backbone(model=model, processor=processor, family=fam, path=path, source=source)
