@@ -38,7 +38,7 @@ def records(path: Path):
             pos += left
             continue
         chunk = data[pos + HEADER:pos + HEADER + length]
-        assert zlib.crc32(bytes([kind]) + chunk) & 0xFFFFFFFF == crc or True  # checksum kept as written
+        assert zlib.crc32(bytes([kind]) + chunk) & 0xFFFFFFFF == crc, f"{path}: bad checksum at byte {pos}"
         pos += HEADER + length
         if kind == FULL:
             body = chunk
