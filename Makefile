@@ -15,14 +15,14 @@ TORCH_CPU_LINKS ?= $(if $(wildcard /opt/wheels/torch-$(TORCH_VERSION)+cpu-*),/op
 LOCK_PYTHON ?= 3.11
 PYTEST_ARGS ?= -n 2 --timeout 600
 
-.PHONY: install lock train test test-slow test-latest bench clean
+.PHONY: install lock train test test-slow test-latest test-vision bench clean
 
 # Exactly the lock (hash-checked, no resolver), then torch, then lco itself without dependencies; `pip check`
 # proves the set is consistent. The lock's sha256 is printed and kept beside the environment.
 $(VENV)/.installed: $(LOCK) pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --require-hashes --no-deps -r $(LOCK)
-	$(PY) -m pip install --quiet "$(TORCH)" $(TORCH_ARGS)
+	$(PY) -m pip install --quiet $(foreach r,$(TORCH),"$(r)") $(TORCH_ARGS)
 	$(PY) -m pip install --quiet --no-deps -e .
 	$(PY) -m pip check
 	sha256sum $(LOCK) | cut -d' ' -f1 > $(VENV)/lock.sha256
@@ -51,9 +51,19 @@ test-slow: install
 # It lists where that environment differs from the lock, then runs the same tests.
 test-latest:
 	rm -rf .venv-latest && python3 -m venv .venv-latest
-	.venv-latest/bin/pip install --quiet "$(TORCH)" $(TORCH_ARGS) -e ".[dev]"
+	.venv-latest/bin/pip install --quiet $(foreach r,$(TORCH),"$(r)") $(TORCH_ARGS) -e ".[dev]"
 	.venv-latest/bin/python -m lco.provenance --diff-lock $(LOCK)
 	.venv-latest/bin/python -m pytest $(PYTEST_ARGS)
+
+# Users of the Qwen VL/Omni families have torchvision, and transformers then builds their real processors; CI's CPU
+# torch has no torchvision that imports, so `make test` runs lco's own assembly of them. This profile installs the
+# lock with a torch/torchvision pair that imports (here a CUDA build of torch 2.14.1 from local disk, ~5.5 GB) and
+# runs the tests that compare the two, and the export/multimodal tests, which then load the real processors.
+VISION_TORCH ?= torch==2.14.1 torchvision==0.29.1
+test-vision:
+	$(MAKE) install VENV=.venv-vision TORCH="$(VISION_TORCH)"
+	.venv-vision/bin/python -m pytest $(PYTEST_ARGS) -m "vision or not slow" tests/test_vision.py \
+	    tests/test_export.py tests/test_multimodal.py
 
 bench: install        # writes experiments/bench/results.md and results.json on this machine
 	$(PY) -m lco.bench $(ARGS)

@@ -74,7 +74,8 @@ def choices() -> dict[str, str]:
     hydra_cfg = _hydra()
     if hydra_cfg is None:
         return {}
-    return {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra/") and v is not None}
+    return {k: v for k, v in hydra_cfg.runtime.choices.items()
+            if k != "hydra" and not k.startswith("hydra/") and v is not None}
 
 
 def run_config(cfg: DictConfig, provenance: dict) -> dict:

@@ -53,6 +53,7 @@ def test_a_sweep_gives_one_named_configured_wandb_run_per_job(sweep):
         assert run["run"]["job_type"] == "train" and run["run"]["project"] == "lco" and run["exit_code"] == 0
         config = run["config"]
         assert config["choices"]["method"] == method and config["choices"]["data"] == "scenes"
+        assert not any(k == "hydra" or k.startswith("hydra/") for k in config["choices"])
         assert config["method"]["_target_"].rsplit(".", 1)[-1] == {"lora": "LoRA", "linear_probe": "LinearProbe"}[method]
         used = json.loads((folder / job / "metrics.json").read_text())
         assert config["optim"]["optimizer"]["lr"] == 3e-4 and config["loss"]["temperature"] == 0.03  # reference

@@ -40,7 +40,7 @@ def test_run_config_masks_secrets_as_config_yaml_does(monkeypatch):
                             "optim": {"lr": 1e-4}})
     config = tracking.run_config(cfg, {"lco": {"commit": "abc"}})
     assert config["model"]["token"] == "***" and config["note"] == "x *** y" and config["optim"]["lr"] == 1e-4
-    assert config["provenance"] == {"lco": {"commit": "abc"}} and config["choices"] == {}
+    assert config["provenance"] == {"lco": {"commit": "abc"}}
 
 
 def test_resume_and_evaluation_read_the_training_runs_identity(tmp_path):

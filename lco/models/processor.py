@@ -38,22 +38,33 @@ class FramesVideoProcessor(VideoProcessorMixin):
                 "temporal_patch_size": self.temporal_patch_size, "merge_size": self.merge_size,
                 "size": {"shortest_edge": self.min_pixels, "longest_edge": self.max_pixels}}
 
-    def preprocess(self, videos, return_tensors=None, **kwargs):
+    def preprocess(self, videos, return_tensors=None, size: dict | None = None, min_pixels: int | None = None,
+                   max_pixels: int | None = None, return_metadata: bool = False, **kwargs):
+        """``size`` (``shortest_edge``/``longest_edge``) or ``min_pixels``/``max_pixels`` override the saved
+        budget, as the real processor's do: the Omni processor passes its own (128 to 768 x 28 x 28 pixels).
+        ``return_metadata``: also ``video_metadata`` (one ``VideoMetadata`` per video, frame count only, so its
+        ``sampled_fps`` is transformers' default for frame lists), which the Qwen2.5-VL processor reads."""
         import numpy as np
         from PIL import Image
         from transformers import BatchFeature
         from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+        from transformers.video_utils import VideoMetadata
+
+        size = size or {}
+        low = min_pixels or size.get("shortest_edge") or self.min_pixels
+        high = max_pixels or size.get("longest_edge") or self.max_pixels
 
         mean = np.array(OPENAI_CLIP_MEAN, dtype=np.float32)[:, None, None]
         std = np.array(OPENAI_CLIP_STD, dtype=np.float32)[:, None, None]
-        patches, grids = [], []
+        patches, grids, metadata = [], [], []
         p, m, tp = self.patch_size, self.merge_size, self.temporal_patch_size
         for frames in videos:
             frames = [f if isinstance(f, Image.Image) else Image.fromarray(np.asarray(f)) for f in frames]
+            metadata.append(VideoMetadata(total_num_frames=len(frames)))
             frames = frames + frames[-1:] * (-len(frames) % tp)
             height, width = smart_resize(frames[0].height, frames[0].width, factor=p * m,
-                                         min_pixels=self.min_pixels, max_pixels=self.max_pixels)
+                                         min_pixels=low, max_pixels=high)
             video = np.stack([
                 (np.asarray(f.convert("RGB").resize((width, height), Image.Resampling.BICUBIC), dtype=np.float32)
                  .transpose(2, 0, 1) / 255.0 - mean) / std for f in frames])  # [T, C, H, W]
@@ -62,7 +73,10 @@ class FramesVideoProcessor(VideoProcessorMixin):
             patches.append(video.reshape(t * gh * gw, c * tp * p * p))
             grids.append([t, gh, gw])
         data = {"pixel_values_videos": np.concatenate(patches), "video_grid_thw": np.array(grids, dtype=np.int64)}
-        return BatchFeature(data=data, tensor_type=return_tensors)
+        out = BatchFeature(data=data, tensor_type=return_tensors)
+        if return_metadata:
+            out["video_metadata"] = metadata
+        return out
 
 
 def _allow_video_mixin() -> None:
@@ -98,6 +112,13 @@ def load_processor(path: str, processor_class: str, feature_extractor_class: str
     except (ImportError, ValueError) as err:
         if "torchvision" not in str(err).lower():
             raise
+    return assemble_from(path, processor_class, feature_extractor_class, **hub_kwargs)
+
+
+def assemble_from(path: str, processor_class: str, feature_extractor_class: str | None, **hub_kwargs):
+    """lco's assembly of the processor saved at ``path`` (the path taken without torchvision): the folder's
+    tokenizer, its PIL image processor and audio feature extractor, and ``FramesVideoProcessor``.
+    ``tests/test_vision.py`` compares it with ``AutoProcessor``'s torchvision build."""
     import transformers
 
     tokenizer = AutoTokenizer.from_pretrained(path, **hub_kwargs)
