@@ -120,3 +120,30 @@ def test_analyze_logs_beside_the_training_run(sweep, tmp_path):
     last = [r for r in csv.DictReader(table.open()) if r["checkpoint"] == "base"][-1]
     assert run["summary"]["base/alignment"] == pytest.approx(float(last["alignment"]))
     assert run["config"]["checkpoints"] == [str(folder / "0/adapter")]
+
+
+def test_jobs_through_a_cluster_launcher_get_their_own_runs(tmp_path):
+    """hydra-submitit-launcher's local executor runs each job in its own process, as on SLURM: each still gets its
+    own W&B run, named from the sweep and grouped by it."""
+    small = ["model=tiny_text", "data=scenes", "data.sources.scenes.n=64", "data.val_size=16", "data.batch_size=8",
+             "method=lora,linear_probe", "logger=wandb", "logger.mode=offline", "trainer.max_steps=2"]
+    proc = subprocess.run([sys.executable, "-m", "lco.train", "-m", "hydra/launcher=submitit_local",
+                           f"paths.log_dir={tmp_path / 'logs'}", *small],
+                          capture_output=True, text=True, env=user_env(), cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (folder,) = (tmp_path / "logs/train/multiruns").iterdir()
+    assert (folder / ".submitit").is_dir()  # the jobs ran as submitit jobs, not in this process
+    runs = [read_run(found) for job in ("0", "1") for found in offline_runs(folder / job)]
+    assert [r["run"]["name"] for r in runs] == ["method=lora", "method=linear_probe"]
+    assert {r["run"]["group"] for r in runs} == {f"train/{folder.name}"} and all(r["exit_code"] == 0 for r in runs)
+
+
+def test_under_ddp_only_rank_zero_opens_a_run(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "lco.train", f"paths.log_dir={tmp_path / 'logs'}", "trainer=ddp_cpu",
+                           "model=tiny_text", "data=scenes", "data.sources.scenes.n=64", "data.val_size=16",
+                           "data.batch_size=4", "trainer.max_steps=2", "logger=wandb", "logger.mode=offline"],
+                          capture_output=True, text=True, env=user_env(), cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (found,) = offline_runs(tmp_path / "logs")  # one run for the two ranks
+    run = read_run(found)
+    assert run["exit_code"] == 0 and run["summary"]["cost/devices"] == 2 and "after/val/r1" in run["summary"]
