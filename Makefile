@@ -53,7 +53,7 @@ test-latest:
 	rm -rf .venv-latest && python3 -m venv .venv-latest
 	.venv-latest/bin/pip install --quiet $(foreach r,$(TORCH),"$(r)") $(TORCH_ARGS) -e ".[dev]"
 	.venv-latest/bin/python -m lco.provenance --diff-lock $(LOCK)
-	.venv-latest/bin/python -m pytest $(PYTEST_ARGS)
+	LCO_TEST_LATEST=1 .venv-latest/bin/python -m pytest $(PYTEST_ARGS)
 
 # Users of the Qwen VL/Omni families have torchvision, and transformers then builds their real processors; CI's CPU
 # torch has no torchvision that imports, so `make test` runs lco's own assembly of them. This profile installs the

@@ -26,3 +26,10 @@ def test_ablation_data_script_trains_soups_and_exports(tmp_path):
     assert soup["weights"] == [0.5, 0.5] and [Path(p).parent.name for p in soup["inputs"]] == ["text_only", "text_mm"]
     exported = json.loads((tmp_path / "soup/export/lco_embedding.json").read_text())
     assert exported["exported"]["method"] == "lora" and (tmp_path / "soup/export/modules.json").is_file()
+    # provenance travels: each run's card, the soup's (its own and its inputs'), the export's (its own + the soup's)
+    cards = [json.loads((tmp_path / run / "adapter/lco_embedding.json").read_text()) for run in ("text_only", "text_mm")]
+    souped = json.loads((tmp_path / "soup/adapter/lco_embedding.json").read_text())["provenance"]
+    assert souped["ingredients"] == [c["provenance"] for c in cards]
+    assert souped["base_model"] == cards[0]["provenance"]["base_model"]
+    assert souped["base_model"]["path"] == "lco-tiny/tiny_vl" and souped["base_model"]["config_sha256"]
+    assert exported["provenance"] == souped and exported["exported"]["provenance"]["lco"] == souped["lco"]
