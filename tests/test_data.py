@@ -104,3 +104,31 @@ def test_item_texts_are_cut_to_max_text_tokens_in_one_batch(tiny_backbone):
     prompts = encoder.prompts([{"text": long}, {"text": "short"}])
     assert prompts == [Prompter().render(backbone.processor, {"text": cut[0]}),
                        Prompter().render(backbone.processor, {"text": "short"})]
+
+
+ROW = '{"anchor": "a", "positive": "b", "negative": "c"}'
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_a_byte_order_mark_and_crlf_load_like_plain_utf8(tmp_path, suffix):
+    path = tmp_path / f"bom{suffix}"
+    body = (ROW + "\r\n" + ROW.replace('"a"', '"é"') + "\r\n") if suffix == ".jsonl" else "anchor,positive,negative\r\na,b,c\r\né,b,c\r\n"
+    path.write_bytes(b"\xef\xbb\xbf" + body.encode("utf-8"))
+    records = [_strip(r) for r in TableSource("t", path=str(path)).load()]
+    assert records == [EXPECTED, {**EXPECTED, "anchor": {"text": "é"}}]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_a_line_that_is_not_utf8_is_a_row_error_that_skip_drops(tmp_path, suffix):
+    from lco.data.records import ErrorPolicy
+
+    path = tmp_path / f"latin1{suffix}"
+    header = b"anchor,positive,negative\n" if suffix == ".csv" else b""
+    good = (ROW if suffix == ".jsonl" else "a,b,c").encode()
+    bad = (ROW.replace('"a"', '"caf\xe9"') if suffix == ".jsonl" else "caf\xe9,b,c").encode("latin-1")
+    path.write_bytes(header + b"\n".join([good] * 150 + [bad] + [good] * 49) + b"\n")
+    line = 151 + (suffix == ".csv")
+    with pytest.raises(RecordError, match=rf"latin1{suffix}, line {line}: not UTF-8 \(byte 0xe9 at column"):
+        TableSource("t", path=str(path)).load()
+    kept = TableSource("t", path=str(path)).load(ErrorPolicy("skip", max_skip_fraction=0.01))
+    assert len(kept) == 199 and all(_strip(r) == EXPECTED for r in kept)

@@ -1,6 +1,7 @@
 """Data sources: read a table (local file or hub dataset) and produce validated triplet records.
 
-``TableSource`` reads ``.jsonl``/``.json``, ``.parquet`` and ``.csv`` files (JSONL errors name the line)
+``TableSource`` reads ``.jsonl``/``.json``, ``.parquet`` and ``.csv`` files (JSONL errors name the line; text
+files are UTF-8, with or without a byte-order mark, and a line that is not UTF-8 is a row error)
 or a hub dataset through ``datasets``. ``streaming=True`` never holds the table in memory: records are
 produced one at a time by ``stream()``, each validated as it is read. ``load()`` returns a list.
 """
@@ -17,22 +18,44 @@ from lco.hub import hub_reachable
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 
 
-def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict | RecordError]]:
-    """(where, row) per non-empty line; a line that is not a JSON object comes as a ``RecordError`` value
-    so that ``data.on_error`` decides."""
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}, line {lineno}"
+BOM = b"\xef\xbb\xbf"
+
+
+def _decoded_lines(path: Path) -> Iterator[tuple[int, str | RecordError]]:
+    """(line number, text) of each line, decoded as UTF-8 one line at a time: a byte-order mark at the start (as
+    Windows editors and some exporters write) is dropped, CRLF ends are fine, and a line that is not UTF-8 comes
+    as a ``RecordError`` naming the line and byte, so ``data.on_error=skip`` can drop it like any bad row."""
+    with path.open("rb") as handle:
+        for lineno, raw in enumerate(handle, start=1):
+            if lineno == 1 and raw.startswith(BOM):
+                raw = raw[len(BOM):]
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                row = RecordError(f"{where}: not valid JSON ({err.msg} at column {err.colno}); "
-                                  "each line must be one JSON object.")
-            if not isinstance(row, (dict, RecordError)):
-                row = RecordError(f"{where}: expected a JSON object, got {type(row).__name__}.")
-            yield where, row
+                yield lineno, raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                yield lineno, RecordError(
+                    f"{path}, line {lineno}: not UTF-8 (byte 0x{raw[err.start]:02x} at column {err.start + 1}); "
+                    "save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8), or set data.on_error=skip to drop "
+                    "such lines.")
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict | RecordError]]:
+    """(where, row) per non-empty line; a line that is not a JSON object (or not UTF-8) comes as a
+    ``RecordError`` value so that ``data.on_error`` decides."""
+    for lineno, line in _decoded_lines(path):
+        where = f"{path}, line {lineno}"
+        if isinstance(line, RecordError):
+            yield where, line
+            continue
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            row = RecordError(f"{where}: not valid JSON ({err.msg} at column {err.colno}); "
+                              "each line must be one JSON object.")
+        if not isinstance(row, (dict, RecordError)):
+            row = RecordError(f"{where}: expected a JSON object, got {type(row).__name__}.")
+        yield where, row
 
 
 def _table_rows(path: Path) -> Iterator[tuple[str, dict]]:
@@ -45,10 +68,19 @@ def _table_rows(path: Path) -> Iterator[tuple[str, dict]]:
                 yield f"{path}, row {index}", row
                 index += 1
     else:
+        import io
+
         import pandas as pd
 
+        # a CSV is read by pandas in chunks (a BOM is fine: utf-8-sig); lines that are not UTF-8 are found first
+        # and come as row errors naming the line, and the rest is read without them
+        bad = [(n, line) for n, line in _decoded_lines(path) if isinstance(line, RecordError)]
+        source = path
+        if bad:
+            yield from ((f"{path}, line {n}", err) for n, err in bad)
+            source = io.StringIO("".join(line for _, line in _decoded_lines(path) if isinstance(line, str)))
         index = 0
-        for chunk in pd.read_csv(path, keep_default_na=False, chunksize=4096):
+        for chunk in pd.read_csv(source, keep_default_na=False, chunksize=4096, encoding="utf-8-sig"):
             for row in chunk.to_dict(orient="records"):
                 yield f"{path}, row {index}", row
                 index += 1
