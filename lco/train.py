@@ -26,6 +26,7 @@ from lco.callbacks import Probe, SaveEmbedder
 from lco.checkpointing import AtomicCheckpointIO, Preemption, RNGState, remove_partial_writes, resume_checkpoint
 from lco.cli import entry
 from lco.config import ConfigError, check_config, check_launch, check_modalities
+from lco.models.backbone import check_local
 from lco.module import ContrastiveModule
 from lco.provenance import environment
 from lco.security import redact
@@ -77,6 +78,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     """Train with a composed config; returns the final logged metrics (floats)."""
     check_config(cfg)
     check_launch(cfg.trainer)
+    check_local(cfg.model.path)  # a local model.path that is missing or has no weights fails before data loads
     method, loss = instantiate(cfg.method), instantiate(cfg.loss)
     extra = _strategy(cfg, method)  # a loss/strategy mismatch fails here, before data or weights load
     resume = resume_checkpoint(cfg)  # a ckpt_path naming nothing fails here too

@@ -46,17 +46,42 @@ def _cached_on_disk(repo_id: str, revision: str | None) -> bool:
     return isinstance(found, str)
 
 
+WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def looks_local(path: str) -> bool:
+    """A path a user means as a folder (absolute, ``./``, ``../``, ``~``), never a hub id (``org/name``)."""
+    return Path(path).is_absolute() or path.startswith(("./", "../", "~", ".\\", "..\\")) or path in (".", "..")
+
+
+def check_local(path: str, config_key: str = "model.path") -> Path | None:
+    """The folder ``path`` names, checked (exists, ``config.json``, weights), or None for a hub id. Runs in
+    ``lco.train`` before data or weights load; raises ``BackboneUnavailable`` naming ``config_key``."""
+    local = Path(path).expanduser()
+    if not local.exists():
+        if looks_local(path):
+            raise BackboneUnavailable(
+                f"{config_key}={path!r} looks like a local folder but {local.absolute()} does not exist: fix the "
+                f"path, or give a hub id (org/name) in {config_key}.")
+        return None
+    if not local.is_dir() or not (local / "config.json").exists():
+        raise BackboneUnavailable(
+            f"{config_key}={path!r} is a local path but has no config.json: point {config_key} at a folder "
+            "written by save_pretrained (or a hub snapshot).")
+    if not any((local / name).exists() for name in WEIGHTS):
+        raise BackboneUnavailable(
+            f"{config_key}={path!r} ({local.absolute()}) has config.json but no weights: expected one of "
+            f"{', '.join(WEIGHTS)} (as save_pretrained writes). Copy the checkpoint's weight files there, or "
+            f"point {config_key} at the folder that has them.")
+    return local
+
+
 def resolve_path(path: str, revision: str | None = None, config_key: str = "model.path") -> tuple[str, dict]:
     """Return (path to load, extra from_pretrained kwargs); raise ``BackboneUnavailable`` without waiting on retries."""
     if path.startswith(TINY_PREFIX):
         return str(materialize(path[len(TINY_PREFIX):])), {}
-    if Path(path).expanduser().exists():
-        local = Path(path).expanduser()
-        if not (local / "config.json").exists():
-            raise BackboneUnavailable(
-                f"{config_key}={path!r} is a local path but has no config.json: point {config_key} at a folder "
-                "written by save_pretrained (or a hub snapshot)."
-            )
+    local = check_local(path, config_key)
+    if local is not None:
         return str(local), {}
     if _cached_on_disk(path, revision):
         return path, {"local_files_only": True, "revision": revision}
