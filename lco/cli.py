@@ -17,7 +17,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from lco.security import guard_run_folder
+from lco.security import guard_run_folder, note_override_secrets, redact_text
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 # where inference entry points (evaluate, analyze) put the model; training devices come from trainer=
@@ -26,12 +26,14 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 def user_errors() -> tuple[type[BaseException], ...]:
     from lco.config import ConfigError
+    from lco.data.media import MediaError
     from lco.data.records import RecordError
     from lco.guard import NonFiniteLoss
     from lco.models.backbone import BackboneUnavailable
+    from lco.models.batching import BatchLayoutError
 
     errors: list[type[BaseException]] = [ConfigError, BackboneUnavailable, RecordError, FileNotFoundError,
-                                         NonFiniteLoss]
+                                         NonFiniteLoss, BatchLayoutError, MediaError]
     try:
         from lco.evaluation.benchmarks import DatasetsUnavailable
 
@@ -46,7 +48,12 @@ def entry(config_name: str, run: Callable[[DictConfig], object]) -> Callable[[],
     def main(cfg: DictConfig):
         from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-        guard_run_folder(HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else None)
+        hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
+        if hydra_cfg is not None:
+            note_override_secrets(list(hydra_cfg.overrides.task))
+        guard_run_folder(hydra_cfg.runtime.output_dir if hydra_cfg else None,
+                         Path(hydra_cfg.sweep.dir) / "multirun.yaml" if hydra_cfg and hydra_cfg.mode.name == "MULTIRUN"
+                         else None)
         try:
             return run(cfg)
         except SIGTERMException as err:
@@ -59,7 +66,7 @@ def entry(config_name: str, run: Callable[[DictConfig], object]) -> Callable[[],
                 cause = cause.__cause__  # hydra's instantiate wraps errors raised by targets
             if cause is None:
                 raise
-            print(f"lco: error: {cause}", file=sys.stderr)
+            print(redact_text(f"lco: error: {cause}"), file=sys.stderr)
             raise SystemExit(2) from None
 
     return main

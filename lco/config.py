@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import math
 
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -52,9 +53,76 @@ def _walk(node, where: str, problems: list[str]) -> None:
             _walk(child, f"{where}[{i}]", problems)
 
 
+# Every value a recipe tunes, checked before anything loads: (key, type, low, high, what). int keys take ints only;
+# float keys any finite number; ``low``/``high`` bounds are inclusive, ``>x`` is exclusive; a key the composed
+# config does not have (method=full has no method.r) or that is null where null is allowed is not checked.
+VALUE_RULES = [
+    ("data.batch_size", int, 1, None, "triplets per device and step"),
+    ("data.val_batch_size", int, 1, None, "validation batch (null: the training batch)"),
+    ("data.val_size", int, 0, None, "held-out validation records"),
+    ("data.num_workers", int, 0, None, "data loader worker processes"),
+    ("data.steps_per_epoch", int, 1, None, "steps per epoch (null: records // global batch)"),
+    ("data.shuffle_buffer", int, 1, None, "streamed sources' shuffle buffer"),
+    ("data.max_skip_fraction", float, 0, 1, "share of bad rows data.on_error=skip may drop"),
+    ("trainer.max_steps", int, -1, None, "optimizer steps (-1: epochs decide; 0 trains nothing)"),
+    ("trainer.max_epochs", int, -1, None, "epochs (-1: steps decide; 0 trains nothing)"),
+    ("trainer.accumulate_grad_batches", int, 1, None, "batches per optimizer step"),
+    ("trainer.log_every_n_steps", int, 1, None, "steps between logged metrics"),
+    ("optim.optimizer.lr", float, ">0", None, "the learning rate"),
+    ("optim.optimizer.weight_decay", float, 0, None, "weight decay"),
+    ("optim.scheduler.warmup_steps", int, 0, None, "linear warmup steps"),
+    ("loss.temperature", float, ">0", None, "InfoNCE temperature"),
+    ("loss.max_scale", float, ">0", None, "the largest learned logit scale"),
+    ("loss.cache_chunk", int, 1, None, "GradCache items per chunk (null: no GradCache)"),
+    ("method.r", int, 1, None, "LoRA rank"),
+    ("method.alpha", float, ">0", None, "LoRA alpha"),
+    ("method.dropout", float, 0, "<1", "LoRA dropout"),
+    ("embed.max_text_tokens", int, 1, None, "tokens kept of each item's text"),
+    ("embed.image_max_size", int, 28, None, "longest image side in pixels (one 28-pixel merged patch at least)"),
+    ("embed.audio_max_seconds", float, ">0", None, "seconds of audio kept"),
+    ("embed.video_max_frames", int, 2, None, "video frames sampled (pairs: 2 at least)"),
+    ("fuse_max_padding", float, 1, None, "padding factor up to which text sides share a pass (null: never)"),
+    ("max_nonfinite_skips", int, 0, None, "NaN/Inf losses skipped before the run stops"),
+]
+
+
+def _bound_ok(value: float, bound, upper: bool) -> bool:
+    if bound is None:
+        return True
+    if isinstance(bound, str):  # ">0" / "<1": exclusive
+        limit = float(bound[1:])
+        return value < limit if upper else value > limit
+    return value <= bound if upper else value >= bound
+
+
+def _describe(kind, low, high) -> str:
+    parts = [f"{low[0]} {low[1:]}" if isinstance(low, str) else f">= {low}" if low is not None else "",
+             f"{high[0]} {high[1:]}" if isinstance(high, str) else f"<= {high}" if high is not None else ""]
+    return f"{'an integer' if kind is int else 'a finite number'} {' and '.join(p for p in parts if p)}".strip()
+
+
+def value_problems(cfg: DictConfig) -> list[str]:
+    """One message per key of ``VALUE_RULES`` whose value has the wrong type, is not finite, or is out of range."""
+    problems = []
+    for key, kind, low, high, what in VALUE_RULES:
+        try:
+            value = OmegaConf.select(cfg, key, throw_on_missing=False)
+        except Exception:  # noqa: BLE001 - unresolvable interpolations are reported by check_config
+            continue
+        if value is None:
+            continue
+        typed = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if kind is int and not (isinstance(value, int) and not isinstance(value, bool)):
+            typed = False
+        ok = typed and math.isfinite(value) and _bound_ok(value, low, False) and _bound_ok(value, high, True)
+        if not ok:
+            problems.append(f"{key}={value!r} is not valid: {what} must be {_describe(kind, low, high)}.")
+    return problems
+
+
 def check_config(cfg: DictConfig) -> None:
-    """Raise ``ConfigError`` listing every bad key (all at once), every unresolvable interpolation, and a
-    ``model.quantization`` that cannot work (bad value, no CUDA/bitsandbytes, a method training 4-bit weights)."""
+    """Raise ``ConfigError`` listing every bad key (all at once), every unresolvable interpolation, every value of
+    ``VALUE_RULES`` out of type or range, and a ``model.quantization`` that cannot work (bad value, no CUDA/bitsandbytes, a method training 4-bit weights)."""
     from lco.models.quantization import config_problems
 
     problems: list[str] = []
@@ -63,6 +131,7 @@ def check_config(cfg: DictConfig) -> None:
     except Exception as err:  # noqa: BLE001
         problems.append(f"config does not resolve: {err}")
     _walk(cfg, "", problems)
+    problems.extend(value_problems(cfg))
     problems.extend(config_problems(cfg))
     if problems:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems)

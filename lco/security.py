@@ -1,7 +1,9 @@
 """Keeping secrets out of run folders: hub tokens and W&B keys never reach logs, saved configs or checkpoints.
 
 Secrets are the values of the environment variables in ``SECRET_ENV`` and of any variable whose name says it is
-one (``*_TOKEN``, ``*_API_KEY``, ``*SECRET*``, ``*PASSWORD*``), 8 characters or longer. lco's entry points
+one (``*_TOKEN``, ``*_API_KEY``, ``*SECRET*``, ``*PASSWORD*``), 8 characters or longer, and those typed on the
+command line: hub tokens (``hf_...``) anywhere in an override, and the value of an override whose key names a
+secret. lco's entry points
 (``lco.cli.entry``) call ``guard_run_folder`` once Hydra has made the run folder: log records pass through a
 filter that masks secret values, and Hydra's ``.hydra/*.yaml`` copies of the command line are rewritten masked.
 ``lco.train`` saves ``config.yaml`` through ``redact``, which also masks any config value whose key names a
@@ -22,10 +24,26 @@ SECRET_KEY = re.compile(r"(^|_)(token|api_?key|secret|password|passwd)$", re.I) 
 MASK = "***"
 
 
+# secrets typed on the command line rather than kept in the environment: hub tokens by their shape, and the value
+# of any override whose key names a secret (``+model.token=...``); ``note_override_secrets`` records them
+HUB_TOKEN = re.compile(r"\bhf_[A-Za-z0-9]{20,}\b")
+_typed: set[str] = set()
+
+
+def note_override_secrets(overrides: list[str]) -> None:
+    """Remember the secrets in command-line ``overrides`` (``key=value`` strings) for every later redaction."""
+    for line in overrides:
+        key, _, value = line.partition("=")
+        if SECRET_KEY.search(key.lstrip("+~").rsplit(".", 1)[-1]) and value.strip():
+            _typed.add(value.strip())
+        _typed.update(HUB_TOKEN.findall(line))
+
+
 def secret_values() -> list[str]:
-    """The secret values in this process's environment, longest first (so overlapping ones mask whole)."""
+    """The secret values in this process's environment and typed overrides, longest first (so overlapping ones
+    mask whole)."""
     values = {v for k, v in os.environ.items() if (k in SECRET_ENV or _SECRET_NAME.search(k)) and len(v) >= 8}
-    return sorted(values, key=len, reverse=True)
+    return sorted(values | _typed, key=len, reverse=True)
 
 
 def redact_text(text: str, secrets: list[str] | None = None) -> str:
@@ -65,10 +83,10 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-def guard_run_folder(folder: str | Path | None) -> None:
+def guard_run_folder(folder: str | Path | None, sweep_file: str | Path | None = None) -> None:
     """Install ``RedactingFilter`` on every handler of every logger (Hydra's console and ``<task>.log``, Lightning's
-    own) and rewrite
-    ``folder/.hydra/*.yaml`` (Hydra's record of the command line) with secret values masked."""
+    own) and rewrite ``folder/.hydra/*.yaml`` (Hydra's record of the command line) and a multirun's
+    ``sweep_file`` (its ``multirun.yaml``) with secret values masked."""
     secrets = secret_values()
     if not secrets:
         return
@@ -79,7 +97,9 @@ def guard_run_folder(folder: str | Path | None) -> None:
             handler.addFilter(RedactingFilter(secrets))
     if folder is None:
         return
-    for path in Path(folder, ".hydra").glob("*.yaml"):
+    for path in [*Path(folder, ".hydra").glob("*.yaml"), *([Path(sweep_file)] if sweep_file else [])]:
+        if not path.is_file():
+            continue
         text = path.read_text()
         if (masked := redact_text(text, secrets)) != text:
             path.write_text(masked)

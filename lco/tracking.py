@@ -50,7 +50,11 @@ def swept_overrides(hydra_cfg) -> list[str]:
         return list(hydra_cfg.overrides.task)
     sweep = OmegaConf.load(sweep_file).hydra
     parser = OverridesParser.create()
-    swept = {o.get_key_element() for o in parser.parse_overrides(list(sweep.overrides.task)) if o.is_sweep_override()}
+    try:
+        swept = {o.get_key_element() for o in parser.parse_overrides(list(sweep.overrides.task))
+                 if o.is_sweep_override()}
+    except Exception:  # noqa: BLE001 - a line lco.security masked may no longer parse: name by all overrides
+        return list(hydra_cfg.overrides.task)
     swept |= set((sweep.get("sweeper") or {}).get("params") or {})  # sweeps declared in config (hydra.sweeper.params)
     mine = list(hydra_cfg.overrides.task)
     return [line for line, o in zip(mine, parser.parse_overrides(mine)) if o.get_key_element() in swept]
@@ -98,8 +102,11 @@ class WandbLogger(LightningWandbLogger):
                  id: str | None = None, log_model: bool | str = False, log_adapter: bool = False,
                  init: dict | None = None):
         me = identity(task)
+        from lco.security import redact_text
+
         super().__init__(project=project, name=name or me["name"], group=group or me["group"],
-                         job_type=job_type or me["job_type"], tags=list(tags), notes=notes, entity=entity,
+                         job_type=job_type or me["job_type"], tags=[redact_text(str(t)) for t in tags],
+                         notes=notes, entity=entity,
                          mode=mode, save_dir=save_dir, id=id, log_model=log_model, **dict(init or {}))
         self.log_adapter = log_adapter
 

@@ -2,8 +2,11 @@
 paths outside the data root."""
 
 import json
+import os
 import pickle
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -132,3 +135,20 @@ def test_decoded_hub_audio_passes_and_hub_paths_need_a_root():
     assert to_item({"audio": audio}, "anchor", "h, row 0", hub, check="none")["audio"] is audio
     with pytest.raises(RecordError, match="outside no local data root .*data.sources.h.media_root"):
         to_item({"image_path": "img.png"}, "anchor", "h, row 0", hub, check="none")
+
+
+def test_a_secret_typed_on_the_command_line_is_masked_too(tmp_path):
+    """Not in the environment: a hub token pasted into an override, in a multirun (its sweep's multirun.yaml too)."""
+    token = "hf_" + "Zq7" * 10
+    done = subprocess.run([sys.executable, "-m", "lco.train", "-m", f"paths.log_dir={tmp_path / 'logs'}",
+                           "model=tiny_text", "data=scenes", "data.sources.scenes.n=48", "data.val_size=16",
+                           "data.batch_size=8", "trainer.max_steps=1", "logger=csv", f"tags=[dev,{token}]", "seed=0,1"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    (sweep,) = (tmp_path / "logs/train/multiruns").iterdir()
+    files = [p for p in sweep.rglob("*") if p.is_file()]
+    assert {sweep / "0/config.yaml", sweep / "1/config.yaml", sweep / "multirun.yaml"} <= set(files)
+    leaked = [p for p in files if token.encode() in p.read_bytes()]
+    assert leaked == []
+    assert OmegaConf.load(sweep / "0/config.yaml").tags == ["dev", MASK]
+    assert OmegaConf.load(sweep / "1/.hydra/overrides.yaml")[-2:] == [f"tags=[dev,{MASK}]", "seed=1"]

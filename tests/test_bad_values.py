@@ -1,0 +1,47 @@
+"""Bad values through `python -m lco.train`, as a user types them: exit 2, one `lco: error:` paragraph naming the
+key, its value and the valid range, no traceback, and nothing loaded (lco writes the run's config.yaml only once the
+model is built; none is there)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+CASES = {
+    "data.batch_size=0": "data.batch_size=0 is not valid: triplets per device and step must be an integer >= 1",
+    "optim.optimizer.lr=nan": "optim.optimizer.lr=nan is not valid: the learning rate must be a finite number > 0",
+    "optim.optimizer.lr=-1e-4": "optim.optimizer.lr=-0.0001 is not valid",
+    "loss.temperature=0": "loss.temperature=0 is not valid: InfoNCE temperature must be a finite number > 0",
+    "method.dropout=1.0": "method.dropout=1.0 is not valid: LoRA dropout must be a finite number >= 0 and < 1",
+    "method.r=0": "method.r=0 is not valid: LoRA rank must be an integer >= 1",
+    "trainer.max_steps=-5": "trainer.max_steps=-5 is not valid",
+    "embed.max_text_tokens=0": "embed.max_text_tokens=0 is not valid",
+    "data.val_size=-1": "data.val_size=-1 is not valid",
+    "loss.cache_chunk=0": "loss.cache_chunk=0 is not valid: GradCache items per chunk",
+}
+
+
+@pytest.mark.parametrize("override", list(CASES))
+def test_a_bad_value_stops_before_anything_loads(tmp_path, override):
+    proc = subprocess.run([sys.executable, "-m", "lco.train", f"paths.log_dir={tmp_path / 'logs'}", "model=tiny_text",
+                           "logger=none", override], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and proc.stderr.count("lco: error:") == 1
+    paragraph = proc.stderr[proc.stderr.index("lco: error:"):].strip()
+    assert "\n\n" not in paragraph and CASES[override] in paragraph
+    assert not list((tmp_path / "logs").glob("train/runs/*/config.yaml"))
+
+
+def test_every_rule_names_a_key_the_recipe_has(tmp_path):
+    """VALUE_RULES keys exist in the composed default config (or in the group option that has them), so a
+    renamed key cannot leave its rule checking nothing."""
+    from omegaconf import OmegaConf
+
+    from lco.config import VALUE_RULES
+    from tests.conftest import compose_train
+
+    cfg = compose_train(tmp_path, ["loss.cache_chunk=8", "data.val_batch_size=8", "data.steps_per_epoch=4"])
+    missing = [key for key, *_ in VALUE_RULES if OmegaConf.select(cfg, key, default="<none>") in ("<none>", None)]
+    assert missing == []
