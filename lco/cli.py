@@ -44,8 +44,21 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 
 def entry(config_name: str, run: Callable[[DictConfig], object]) -> Callable[[], object]:
+    def main() -> object:
+        """Hydra's refusals of the command line (a key that does not exist, an option that is not one) get lco's
+        message before Hydra prints its own advice to append keys with ``+``."""
+        from lco.config import ConfigError
+        from lco.keys import check_command_line
+
+        try:
+            check_command_line(config_name, sys.argv[1:])
+        except ConfigError as err:
+            print(redact_text(f"lco: error: {err}"), file=sys.stderr)
+            raise SystemExit(2) from None
+        return app()
+
     @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=config_name)
-    def main(cfg: DictConfig):
+    def app(cfg: DictConfig):
         from pytorch_lightning.utilities.exceptions import SIGTERMException
 
         hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None

@@ -120,8 +120,21 @@ def value_problems(cfg: DictConfig) -> list[str]:
     return problems
 
 
+def _undeclared(cfg: DictConfig) -> list[str]:
+    """``lco.keys.undeclared_keys`` for the running app's config (needs Hydra's config name and choices)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from lco.keys import undeclared_keys
+
+    if not HydraConfig.initialized() or not HydraConfig.get().job.config_name:
+        return []
+    hydra_cfg = HydraConfig.get()
+    return undeclared_keys(cfg, hydra_cfg.job.config_name, dict(hydra_cfg.runtime.choices))
+
+
 def check_config(cfg: DictConfig) -> None:
-    """Raise ``ConfigError`` listing every bad key (all at once), every unresolvable interpolation, every value of
+    """Raise ``ConfigError`` listing every bad key (all at once: not an argument of its ``_target_``, or not declared
+    by the chosen options' YAML, ``lco.keys``), every unresolvable interpolation, every value of
     ``VALUE_RULES`` out of type or range, and a ``model.quantization`` that cannot work (bad value, no CUDA/bitsandbytes, a method training 4-bit weights)."""
     from lco.models.quantization import config_problems
 
@@ -131,6 +144,7 @@ def check_config(cfg: DictConfig) -> None:
     except Exception as err:  # noqa: BLE001
         problems.append(f"config does not resolve: {err}")
     _walk(cfg, "", problems)
+    problems.extend(_undeclared(cfg))
     problems.extend(value_problems(cfg))
     problems.extend(config_problems(cfg))
     if problems:

@@ -5,6 +5,7 @@ model is built; none is there)."""
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -45,3 +46,39 @@ def test_every_rule_names_a_key_the_recipe_has(tmp_path):
     cfg = compose_train(tmp_path, ["loss.cache_chunk=8", "data.val_batch_size=8", "data.steps_per_epoch=4"])
     missing = [key for key, *_ in VALUE_RULES if OmegaConf.select(cfg, key, default="<none>") in ("<none>", None)]
     assert missing == []
+
+
+KEY_CASES = {
+    # Hydra's own advice after a typo was to append with +: the run then trained at the default learning rate
+    "+optim.lrr=1e-3": "optim.lrr is not a key lco reads (added with +, or by an experiment file); the keys under "
+                       "optim are: optimizer, scheduler. Did you mean optim.optimizer.lr?",
+    "+optim.lr=nan": "optim.lr is not a key lco reads",
+    "+lrr=1": "lrr is not a key lco reads",
+    # without +, Hydra stopped with that advice; lco answers instead
+    "optim.lrr=1e-3": "optim.lrr (command line) is not a key of the config under optim. Did you mean optim.optimizer.lr?",
+    "trainer.max_step=2": "trainer.max_step (command line) is not a key of the config under trainer. Did you mean "
+                          "trainer.max_steps",
+    "model=tiny_txt": "model=tiny_txt (command line) is not an option of the config group model: the options are",
+    "+method.rr=8": "method.rr is not an argument of lco.methods.lora.LoRA",
+}
+
+
+@pytest.mark.parametrize("override", list(KEY_CASES))
+def test_an_unknown_key_or_option_stops_with_lcos_message(tmp_path, override):
+    proc = subprocess.run([sys.executable, "-m", "lco.train", f"paths.log_dir={tmp_path / 'logs'}", "model=tiny_text",
+                           "logger=none", override], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and proc.stderr.count("lco: error:") == 1
+    assert "To append to your config use" not in proc.stderr  # Hydra's advice that led to the silent case
+    paragraph = proc.stderr[proc.stderr.index("lco: error:"):].strip()
+    assert "\n\n" not in paragraph and KEY_CASES[override] in paragraph
+    assert not list((tmp_path / "logs").glob("train/runs/*/config.yaml"))
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (Path(__file__).parent.parent / "conf/experiment").glob("*.yaml")))
+def test_experiment_files_state_only_deltas_of_declared_keys(tmp_path, experiment):
+    from lco.config import check_config
+    from tests.conftest import compose_train
+
+    check_config(compose_train(tmp_path, [f"experiment={experiment}"]))

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+from omegaconf import DictConfig, OmegaConf
 
 from lco.config import ConfigError, check_config
 from lco.cli import CONF_DIR
@@ -60,3 +61,47 @@ def test_mandatory_source_values_are_named(tmp_path):
     cfg = compose_train(tmp_path, ["data=jsonl"])
     with pytest.raises(ConfigError, match="data.sources.jsonl.path"):
         check_config(cfg)
+
+
+def test_yaml_is_the_one_source_of_recipe_defaults():
+    """Where an lco class has a Python default for a key its base YAML sets, the two are equal; None in Python
+    means "no default of its own" (the YAML's value is the only one). Options that exist to differ (model, source
+    and loss variants) are compared only where their class is lco's and the key is not theirs to change."""
+    import dataclasses
+    import inspect
+    from pathlib import Path
+
+    from hydra.utils import get_object
+
+    base = ["data/base/triplets.yaml", "embed/reference.yaml", "loss/infonce.yaml", "method/lora.yaml",
+            "method/full.yaml", "method/linear_probe.yaml", "method/clip.yaml", "logger/wandb.yaml",
+            "optim/adamw.yaml"]
+    differ = []
+
+    def compare(node, where):
+        if not isinstance(node, DictConfig):
+            return
+        target = node.get("_target_")
+        if target and str(target).startswith("lco."):
+            params = inspect.signature(get_object(target)).parameters
+            for key in node:
+                param = params.get(key)
+                if param is None or param.default in (inspect.Parameter.empty, None):
+                    continue
+                value = OmegaConf.to_container(node, resolve=False)[key]
+                default = param.default
+                cls = get_object(target)
+                if dataclasses.is_dataclass(cls) and repr(default) == "<factory>":  # a dataclass default_factory
+                    default = next(f.default_factory() for f in dataclasses.fields(cls) if f.name == key)
+                if isinstance(value, str) and "${" in value:
+                    continue
+                if isinstance(default, tuple):
+                    default = list(default)
+                if value != default:
+                    differ.append(f"{where}.{key}: YAML {value!r}, Python {default!r} ({target})")
+        for key in node:
+            compare(node._get_node(key), f"{where}.{key}")
+
+    for name in base:
+        compare(OmegaConf.load(Path(CONF_DIR) / name), name)
+    assert differ == []

@@ -81,12 +81,13 @@ def test_scenes_are_deterministic_and_negatives_differ_in_one_attribute():
 
 
 def test_datamodule_split_is_seeded_and_disjoint():
-    dm = TripletDataModule({"scenes": SceneTriplets(n=200, seed=0)}, val_size=30, batch_size=8, seed=1)
+    dm = TripletDataModule({"scenes": SceneTriplets(n=200, seed=0)}, val_size=30, batch_size=8, seed=1,
+                           num_workers=0)
     dm.load()
     assert len(dm.val_records) == 30 and len(dm.records["scenes"]) == 170
     texts = {r["anchor"]["text"] + r["positive"]["text"] for r in dm.records["scenes"]}
     assert not any(r["anchor"]["text"] + r["positive"]["text"] in texts for r in dm.val_records)
-    too_small = TripletDataModule({"scenes": SceneTriplets(n=10)}, val_size=2, batch_size=32)
+    too_small = TripletDataModule({"scenes": SceneTriplets(n=10)}, val_size=2, batch_size=32, num_workers=0)
     with pytest.raises(RecordError, match="fewer than one batch"):
         too_small.load()
 

@@ -83,7 +83,8 @@ def test_streamed_source_is_read_lazily_and_mixes(tmp_path):
     stream = source.stream()
     assert next(stream)["anchor"]["text"] == "s0"  # a generator: nothing else read yet
     dm = TripletDataModule({"big": source, "small": TableSource("small", path=str(path), limit=50)},
-                           weights={"big": 1, "small": 1}, batch_size=10, steps_per_epoch=8, val_size=0)
+                           weights={"big": 1, "small": 1}, batch_size=10, steps_per_epoch=8, val_size=0,
+                           num_workers=0)
     dm.load()
     assert "big" not in dm.records and len(dm.records["small"]) == 50
     dm.collator = list
@@ -95,7 +96,8 @@ def test_streamed_source_is_read_lazily_and_mixes(tmp_path):
 def test_stream_of_unknown_size_needs_steps_per_epoch(tmp_path):
     path = tmp_path / "s.jsonl"
     path.write_text(json.dumps({"anchor": "a", "positive": "b"}) + "\n")
-    dm = TripletDataModule({"s": TableSource(path=str(path), streaming=True)}, batch_size=1)
+    dm = TripletDataModule({"s": TableSource(path=str(path), streaming=True)}, batch_size=1, val_size=0,
+                           num_workers=0)
     with pytest.raises(RecordError, match="data.steps_per_epoch"):
         dm.load()
 
@@ -136,12 +138,14 @@ def test_review_fixes_for_mixed_sources(tmp_path):
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps({"anchor": f"a{i}", "positive": "p"}) + "\n" for i in range(40)))
     dm = TripletDataModule({"scenes": SceneTriplets(n=40), "pairs": TableSource(path=str(pairs))},
-                           weights={"scenes": 1, "pairs": 1}, batch_size=4, val_size=16, val_batch_size=5)
+                           weights={"scenes": 1, "pairs": 1}, batch_size=4, val_size=16, val_batch_size=5,
+                           num_workers=0)
     dm.load()
     dm.collator = lambda records: {len(r["negatives"]) for r in records}
     assert all(len(counts) == 1 for counts in dm.val_dataloader())
     with pytest.raises(RecordError, match=r"data.sources \['pairs'\] have no weight"):
-        TripletDataModule({"scenes": SceneTriplets(n=40), "pairs": TableSource(path=str(pairs))}, weights={"scenes": 1})
+        TripletDataModule({"scenes": SceneTriplets(n=40), "pairs": TableSource(path=str(pairs))}, weights={"scenes": 1},
+                          val_size=0, batch_size=4, num_workers=0)
     uneven = tmp_path / "uneven.jsonl"
     uneven.write_text(json.dumps({"anchor": "a", "positive": "b", "negatives": ["c", "d"]}) + "\n"
                       + json.dumps({"anchor": "a", "positive": "b", "negatives": ["c"]}) + "\n")

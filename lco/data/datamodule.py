@@ -28,10 +28,12 @@ class TripletDataModule(pl.LightningDataModule):
     (``embedder -> (metrics, per-query hits)``, e.g. the toy world's ``SceneProbe``) that ``lco.train`` runs
     before and after training through ``lco.callbacks.Probe``."""
 
-    def __init__(self, sources: dict, weights: dict | None = None, val_source=None, val_size: int = 256,
-                 batch_size: int = 32, val_batch_size: int | None = None, num_workers: int = 0, seed: int = 0,
+    def __init__(self, sources: dict, weights: dict | None = None, val_source=None, *, val_size: int,
+                 batch_size: int, num_workers: int, val_batch_size: int | None = None, seed: int = 0,
                  shuffle: bool = True, shuffle_buffer: int = 10_000, steps_per_epoch: int | None = None,
                  on_error: str = "raise", max_skip_fraction: float = 0.01, probe=None):
+        # val_size, batch_size and num_workers have no Python default: the recipe's (conf/data/base/triplets.yaml,
+        # 1024 / 33 / 4) lives in YAML only; the other defaults here equal that file's
         super().__init__()
         if not sources:
             raise RecordError("data.sources is empty: name at least one source.")
