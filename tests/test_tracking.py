@@ -16,7 +16,8 @@ def offline(monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)
 
 
-def test_a_failed_job_ends_its_run_and_the_next_job_gets_a_new_one(tmp_path, offline):
+def test_a_failed_job_ends_its_run_and_the_next_job_gets_a_new_one(tmp_path, offline, monkeypatch):
+    monkeypatch.setattr(tracking, "_hydra", lambda: None)  # outside any Hydra app (tests before may have set one)
     first = tracking.WandbLogger(mode="offline", save_dir=str(tmp_path / "a"), name="a", group="g")
     with pytest.raises(RuntimeError, match="job failed"):
         with tracking.finishing([first]):

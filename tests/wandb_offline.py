@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 import zlib
 from pathlib import Path
 
@@ -74,9 +75,21 @@ def _merge(into: dict, update: dict) -> None:
             into[key] = value
 
 
-def read_run(folder: str | Path) -> dict:
-    """Everything one offline run folder (``offline-run-<time>-<id>``) holds, merged in the order written."""
+def read_run(folder: str | Path, wait: float = 60.0) -> dict:
+    """Everything one offline run folder (``offline-run-<time>-<id>``) holds, merged in the order written.
+
+    ``run.finish()`` returns once wandb's core process has the run's exit, not once it has written its log to disk:
+    on a loaded machine the last records land a moment later, so this waits (up to ``wait`` seconds) for the log to
+    end in its exit record."""
     (log,) = Path(folder).glob("run-*.wandb")
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        try:
+            if any(r.WhichOneof("record_type") == "exit" for r in records(log)):
+                break
+        except (AssertionError, struct.error):  # caught mid-write
+            pass
+        time.sleep(0.2)
     result = {"run": {}, "config": {}, "summary": {}, "history": [], "exit_code": None}
     for record in records(log):
         kind = record.WhichOneof("record_type")
