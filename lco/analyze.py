@@ -16,9 +16,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from lco import tracking
-from lco.cli import DEVICE, entry
 from lco.analysis.layers import layer_states
 from lco.analysis.metrics import anisotropy, mutual_knn_alignment
+from lco.cli import DEVICE, entry
 from lco.config import check_config
 from lco.models.loading import load_embedder
 

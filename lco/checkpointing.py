@@ -27,7 +27,7 @@ import torch
 from lightning_fabric.plugins import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from lco.config import ConfigError
+from lco.errors import ConfigError
 
 LAST = "last.ckpt"
 PARTIAL = ".tmp-"  # infix of a write in progress: <name>.tmp-XXXX (left behind only by a kill mid-write)

@@ -1,8 +1,9 @@
 """The shared shape of lco's entry points (``python -m lco.train|evaluate|analyze|pretrain``).
 
 ``entry("train", run)`` returns a Hydra main over ``conf/train.yaml`` that calls ``run(cfg)``. Errors a user can
-act on (bad config key, missing model or data, bad record) print one ``lco: error: ...`` paragraph and exit
-with status 2 instead of a traceback, also when Hydra's ``instantiate`` wrapped them. A run stopped by SIGTERM
+act on (``lco.errors``: bad config key or value, missing model or data, bad record) print one ``lco: error: ...``
+paragraph and exit with status 2 instead of a traceback, also when Hydra's ``instantiate`` wrapped them; so do
+Hydra's refusals of the command line (``lco.keys.check_command_line``). A run stopped by SIGTERM
 (preemption; ``lco.checkpointing.Preemption`` has saved ``last.ckpt``) prints how to resume and exits with 143.
 """
 
@@ -25,29 +26,18 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    from lco.config import ConfigError
-    from lco.data.media import MediaError
-    from lco.data.records import RecordError
-    from lco.guard import NonFiniteLoss
-    from lco.models.backbone import BackboneUnavailable
-    from lco.models.batching import BatchLayoutError
+    """What the CLI answers with one ``lco: error:`` paragraph: lco's own errors (``lco.errors``) and a missing
+    file (its message names the path)."""
+    from lco.errors import LcoError
 
-    errors: list[type[BaseException]] = [ConfigError, BackboneUnavailable, RecordError, FileNotFoundError,
-                                         NonFiniteLoss, BatchLayoutError, MediaError]
-    try:
-        from lco.evaluation.benchmarks import DatasetsUnavailable
-
-        errors.append(DatasetsUnavailable)
-    except ImportError:  # mteb missing: nothing of it can be raised either
-        pass
-    return tuple(errors)
+    return (LcoError, FileNotFoundError)
 
 
 def entry(config_name: str, run: Callable[[DictConfig], object]) -> Callable[[], object]:
     def main() -> object:
         """Hydra's refusals of the command line (a key that does not exist, an option that is not one) get lco's
         message before Hydra prints its own advice to append keys with ``+``."""
-        from lco.config import ConfigError
+        from lco.errors import ConfigError
         from lco.keys import check_command_line
 
         try:

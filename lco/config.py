@@ -9,15 +9,14 @@ from __future__ import annotations
 import difflib
 import inspect
 import math
+import re
 
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from lco.errors import ConfigError
+
 HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
-
-
-class ConfigError(ValueError):
-    """A config key or value that cannot work; the message names the key and the fix."""
 
 
 def _check_node(node: DictConfig, where: str, problems: list[str]) -> None:
@@ -34,12 +33,34 @@ def _check_node(node: DictConfig, where: str, problems: list[str]) -> None:
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
     for key in node.keys():
+        if key in params and str(target).startswith("lco."):
+            _check_type(node, key, params[key].annotation, where, problems)
         if key in HYDRA_KEYS or key in params:
             continue
         close = difflib.get_close_matches(str(key), list(params), n=2)
         hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         problems.append(f"{where}.{key} is not an argument of {target}; valid keys: "
                         f"{', '.join(p for p in params if p not in ('self', 'args', 'kwargs'))}.{hint}")
+
+
+# lco's own arguments annotated with a plain scalar type get that type: loss.symmetric=maybe is not True
+SCALARS = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,)}
+
+
+def _check_type(node: DictConfig, key: str, annotation, where: str, problems: list[str]) -> None:
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
+    kinds = [k.strip() for k in text.split("|")]
+    if not kinds or any(k not in SCALARS and k != "None" for k in kinds):
+        return  # not a plain scalar annotation: nothing to say
+    try:
+        value = node[key]
+    except Exception:  # noqa: BLE001 - unresolvable: reported by check_config
+        return
+    if value is None and "None" in kinds:
+        return
+    allowed = tuple(t for k in kinds if k in SCALARS for t in SCALARS[k])
+    if isinstance(value, bool) and bool not in allowed or not isinstance(value, allowed):
+        problems.append(f"{where}.{key}={value!r} is not valid: it must be {' or '.join(kinds)}.")
 
 
 def _walk(node, where: str, problems: list[str]) -> None:
@@ -86,6 +107,30 @@ VALUE_RULES = [
 ]
 
 
+# keys that take one of a few words: (key, allowed values)
+CHOICE_RULES = [
+    ("model.dtype", ("auto", "float32", "bfloat16", "float16")),
+    ("trainer.accelerator", ("auto", "cpu", "gpu", "cuda", "mps", "tpu")),
+    ("trainer.precision", ("32-true", "32", 32, "bf16-mixed", "bf16-true", "bf16", "16-mixed", "16-true", "16", 16,
+                           "64-true", "64", 64, "transformer-engine", "transformer-engine-float16")),
+    ("data.on_error", ("raise", "skip")),
+    ("optim.scheduler.name", ("linear", "cosine")),
+    ("embed.pooling", ("last", "mean")),
+    ("gradient_checkpointing", ("auto", True, False)),
+]
+
+
+def _devices_ok(value) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return value >= 1 or value == -1
+    if isinstance(value, str):
+        return value == "auto" or value == "-1" or bool(re.fullmatch(r"\d+(,\s*\d+)*,?", value.strip()))
+    return isinstance(value, ListConfig | list) and len(value) > 0 and all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+
+
 def _bound_ok(value: float, bound, upper: bool) -> bool:
     if bound is None:
         return True
@@ -102,7 +147,8 @@ def _describe(kind, low, high) -> str:
 
 
 def value_problems(cfg: DictConfig) -> list[str]:
-    """One message per key of ``VALUE_RULES`` whose value has the wrong type, is not finite, or is out of range."""
+    """One message per key of ``VALUE_RULES`` whose value has the wrong type, is not finite, or is out of range,
+    and per key of ``CHOICE_RULES`` whose value is not one of its words."""
     problems = []
     for key, kind, low, high, what in VALUE_RULES:
         try:
@@ -117,6 +163,16 @@ def value_problems(cfg: DictConfig) -> list[str]:
         ok = typed and math.isfinite(value) and _bound_ok(value, low, False) and _bound_ok(value, high, True)
         if not ok:
             problems.append(f"{key}={value!r} is not valid: {what} must be {_describe(kind, low, high)}.")
+    devices = OmegaConf.select(cfg, "trainer.devices", default=None, throw_on_missing=False)
+    if devices is not None and not _devices_ok(devices):
+        problems.append(f"trainer.devices={devices!r} is not valid: use auto, a count >= 1, -1 (all), or a list of "
+                        "device indices ([0, 1] or \"0,1\").")
+    for key, allowed in CHOICE_RULES:
+        value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+        if value is not None and value not in allowed:
+            close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+            problems.append(f"{key}={value!r} is not valid: use one of {', '.join(dict.fromkeys(map(str, allowed)))}."
+                            + (f" Did you mean {close[0]}?" if close else ""))
     return problems
 
 

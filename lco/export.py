@@ -27,7 +27,8 @@ from omegaconf import DictConfig
 
 from lco.checkpointing import atomic_folder
 from lco.cli import entry
-from lco.config import ConfigError, check_config
+from lco.config import check_config
+from lco.errors import ConfigError
 from lco.models.loading import CARD, read_card
 from lco.provenance import environment
 
@@ -110,7 +111,7 @@ def resolve_dtype(dtype: str, card: dict, checkpoint: Path) -> str:
 
 
 def load_source(checkpoint: Path, card: dict, dtype: str):
-    from lco.models.backbone import BackboneUnavailable
+    from lco.errors import BackboneUnavailable
     from lco.models.loading import load_embedder
 
     try:

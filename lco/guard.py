@@ -16,19 +16,17 @@ from __future__ import annotations
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
 
+from lco.errors import ConfigError, NonFiniteLoss
+
 ADVICE = ("Usual causes: a learning rate too high for this batch size (optim.optimizer.lr), a temperature driven "
           "to its bound, fp16 overflow (use precision=bf16-mixed), or a degenerate batch (empty texts, broken "
           "media).")
 
 
-class NonFiniteLoss(RuntimeError):
-    """Training met a NaN/Inf loss (past ``max_nonfinite_skips``) or weights; the message says what to do."""
-
-
 class NonFiniteGuard:
     def __init__(self, max_skips: int = 0):
         if max_skips is None or int(max_skips) < 0:
-            raise ValueError(f"max_nonfinite_skips must be an integer >= 0, got {max_skips!r}")
+            raise ConfigError(f"max_nonfinite_skips must be an integer >= 0, got {max_skips!r}")
         self.max_skips, self.skipped = int(max_skips), 0
 
     def __call__(self, loss: torch.Tensor, step: int, reduce=None) -> bool:

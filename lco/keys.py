@@ -118,7 +118,7 @@ def check_command_line(config_name: str, argv: list[str]) -> None:
     """Compose ``argv``'s overrides as Hydra will; its refusals become a ``ConfigError`` in lco's words."""
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 
-    from lco.config import ConfigError
+    from lco.errors import ConfigError
 
     try:
         overrides = _first_values(argv)

@@ -15,7 +15,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from lco.config import ConfigError
+from lco.errors import ConfigError
 
 
 def world() -> tuple[int, int]:

@@ -6,6 +6,8 @@ import logging
 
 from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
 
+from lco.errors import ConfigError
+
 log = logging.getLogger(__name__)
 SCHEDULES = {"linear": get_linear_schedule_with_warmup, "cosine": get_cosine_schedule_with_warmup}
 
@@ -19,7 +21,7 @@ def build_scheduler(optimizer, total_steps: int, name: str = "linear", warmup_st
     """A per-step LambdaLR. A run shorter than its warmup warms up over a tenth of its steps instead (logged),
     so that it still reaches the peak rate and decays."""
     if name not in SCHEDULES:
-        raise ValueError(f"optim.scheduler.name={name!r} is unknown; choose one of {sorted(SCHEDULES)}")
+        raise ConfigError(f"optim.scheduler.name={name!r} is unknown; choose one of {sorted(SCHEDULES)}")
     warmup = effective_warmup(warmup_steps, total_steps)
     if warmup != warmup_steps:
         log.warning("optim.scheduler.warmup_steps=%d >= %d training steps: warming up over %d steps instead",

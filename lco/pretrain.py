@@ -27,9 +27,10 @@ from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from lco.cli import entry
-from lco.config import ConfigError, check_config
+from lco.config import check_config
 from lco.data.documents import DocumentCollator, SceneDocuments, toy_vocabulary
 from lco.data.synthetic import ATTRIBUTES
+from lco.errors import ConfigError
 from lco.models.delta import pack
 from lco.models.tiny import PRETRAINED, TINY_PREFIX, materialize
 from lco.optim import build_scheduler
@@ -43,7 +44,7 @@ class GenerativeModule(pl.LightningModule):
                  loss_per: str = "document"):
         super().__init__()
         if loss_per not in ("document", "token"):
-            raise ValueError(f"loss_per={loss_per!r}: use 'document' or 'token'")
+            raise ConfigError(f"loss_per={loss_per!r}: use 'document' or 'token'")
         self.loss_per = loss_per
         self.model = backbone.model
         self.backbone = backbone

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from lco.errors import ConfigError
+
 REFERENCE_SUFFIXES = {
     "text": "\nSummarize the above text in one word:",
     "image": "\nSummarize the above image in one word:",
@@ -25,10 +27,13 @@ class Prompter:
     system: str | None = None  # None: the checkpoint's chat template decides (Qwen adds its default system turn)
 
     def __post_init__(self):
-        self.suffixes = {str(k): str(v) for k, v in dict(self.suffixes).items()}
+        bad = {k: v for k, v in dict(self.suffixes).items() if not isinstance(v, str)}
+        if bad:  # str(None) would put the word "None" after every item
+            raise ConfigError(f"embed.prompter.suffixes {bad} must be text (use \"\" for no suffix).")
+        self.suffixes = {str(k): v for k, v in dict(self.suffixes).items()}
         missing = set(REFERENCE_SUFFIXES) - set(self.suffixes)
         if missing:
-            raise ValueError(f"embed.prompter.suffixes lacks {sorted(missing)}; give a suffix for every modality.")
+            raise ConfigError(f"embed.prompter.suffixes lacks {sorted(missing)}; give a suffix for every modality.")
 
     def modality(self, item: dict) -> str:
         media = [m for m in ("image", "video", "audio") if item.get(m)]

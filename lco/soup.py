@@ -42,7 +42,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from lco import tracking
 from lco.checkpointing import atomic_folder
 from lco.cli import DEVICE, entry
-from lco.config import ConfigError, check_config, check_modalities
+from lco.config import check_config, check_modalities
+from lco.errors import ConfigError
 from lco.models.loading import CARD, embedder_from_card
 from lco.provenance import environment
 

@@ -25,7 +25,8 @@ from lco import tracking
 from lco.callbacks import Probe, SaveEmbedder
 from lco.checkpointing import AtomicCheckpointIO, Preemption, RNGState, remove_partial_writes, resume_checkpoint
 from lco.cli import entry
-from lco.config import ConfigError, check_config, check_launch, check_modalities
+from lco.config import check_config, check_launch, check_modalities
+from lco.errors import ConfigError
 from lco.models.backbone import check_local
 from lco.module import ContrastiveModule
 from lco.provenance import environment
@@ -96,8 +97,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if datamodule.probe is not None:
         check_modalities(set(getattr(datamodule.probe, "modalities", ())), cfg.model.family, cfg.model.path,
                          what="data.probe (set data.probe=null to train without it)")
+    make_embedder = instantiate(cfg.embed)  # its prompter checks the suffixes here, before the weights load
     backbone = instantiate(cfg.model)
-    embedder = instantiate(cfg.embed)(backbone)
+    embedder = make_embedder(backbone)
     module = ContrastiveModule(embedder, method=method, loss=loss,
                                optimizer=instantiate(cfg.optim.optimizer),
                                scheduler=OmegaConf.to_container(cfg.optim.scheduler),

@@ -20,18 +20,31 @@ CASES = {
     "embed.max_text_tokens=0": "embed.max_text_tokens=0 is not valid",
     "data.val_size=-1": "data.val_size=-1 is not valid",
     "loss.cache_chunk=0": "loss.cache_chunk=0 is not valid: GradCache items per chunk",
+    "data.on_error=skipp": "data.on_error='skipp' is not valid: use one of raise, skip. Did you mean skip?",
+    "optim.scheduler.name=cosin": "optim.scheduler.name='cosin' is not valid: use one of linear, cosine.",
+    # these trained before: a word where a flag belongs, the word "None" after every item, a negative share
+    "loss.symmetric=maybe": "loss.symmetric='maybe' is not valid: it must be bool.",
+    "embed.prompter.suffixes.text=null": "embed.prompter.suffixes {'text': None} must be text",
+    "data.weights={scenes:-1}": "data.weights {'scenes': -1.0}: each source's share of training steps must be a "
+                                "finite number > 0",
+    # these failed inside Lightning or torch after the weights loaded
+    "model.dtype=float13": "model.dtype='float13' is not valid: use one of auto, float32, bfloat16, float16.",
+    "trainer.precision=fp13": "trainer.precision='fp13' is not valid: use one of 32-true, 32, bf16-mixed",
+    "trainer.devices=0": "trainer.devices=0 is not valid: use auto, a count >= 1, -1 (all)",
 }
+SMALL = ["model=tiny_text", "data=scenes", "data.sources.scenes.n=64", "data.val_size=8", "data.batch_size=8",
+         "logger=none"]
 
 
 @pytest.mark.parametrize("override", list(CASES))
 def test_a_bad_value_stops_before_anything_loads(tmp_path, override):
-    proc = subprocess.run([sys.executable, "-m", "lco.train", f"paths.log_dir={tmp_path / 'logs'}", "model=tiny_text",
-                           "logger=none", override], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc = subprocess.run([sys.executable, "-m", "lco.train", f"paths.log_dir={tmp_path / 'logs'}", *SMALL, override],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and proc.stderr.count("lco: error:") == 1
     paragraph = proc.stderr[proc.stderr.index("lco: error:"):].strip()
     assert "\n\n" not in paragraph and CASES[override] in paragraph
+    assert "Loading weights" not in proc.stdout + proc.stderr  # transformers' bar: no model was loaded
     assert not list((tmp_path / "logs").glob("train/runs/*/config.yaml"))
 
 
@@ -74,6 +87,7 @@ def test_an_unknown_key_or_option_stops_with_lcos_message(tmp_path, override):
     paragraph = proc.stderr[proc.stderr.index("lco: error:"):].strip()
     assert "\n\n" not in paragraph and KEY_CASES[override] in paragraph
     assert not list((tmp_path / "logs").glob("train/runs/*/config.yaml"))
+    assert "Loading weights" not in proc.stdout + proc.stderr
 
 
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (Path(__file__).parent.parent / "conf/experiment").glob("*.yaml")))
@@ -82,3 +96,15 @@ def test_experiment_files_state_only_deltas_of_declared_keys(tmp_path, experimen
     from tests.conftest import compose_train
 
     check_config(compose_train(tmp_path, [f"experiment={experiment}"]))
+
+
+def test_a_line_that_is_not_utf8_stops_the_cli_naming_file_and_line(tmp_path):
+    data = tmp_path / "latin1.jsonl"
+    good = b'{"anchor": "a", "positive": "b", "negative": "c"}'
+    data.write_bytes(b"\n".join([good, good.replace(b'"a"', b'"caf\xe9"'), good]) + b"\n")
+    proc = subprocess.run([sys.executable, "-m", "lco.train", f"paths.log_dir={tmp_path / 'logs'}", "model=tiny_text",
+                           "logger=none", "data=jsonl", f"data.sources.jsonl.path={data}", "data.val_size=0"],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert f"lco: error: {data}, line 2: not UTF-8 (byte 0xe9 at column 16)" in proc.stderr
+    assert not list((tmp_path / "logs").glob("train/runs/*/config.yaml"))

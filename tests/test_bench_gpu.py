@@ -7,7 +7,7 @@ import torch
 import transformers
 
 from lco.bench.gpu import SIZES, model_flops_per_token, run, scenario, thinker_config
-from lco.config import ConfigError
+from lco.errors import ConfigError
 from tests.conftest import compose_train
 
 DRY = ["size=dry_run", "seq_len=12", "per_device_batch=3", "global_batch=6", "steps=2", "warmup=1"]

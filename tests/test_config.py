@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig, OmegaConf
 
-from lco.config import ConfigError, check_config
 from lco.cli import CONF_DIR
+from lco.config import check_config
+from lco.errors import ConfigError
 from lco.train import run
 from tests.conftest import compose_train
 

@@ -7,9 +7,9 @@ from PIL import Image as SceneImage
 import pytest
 
 from lco.data.datamodule import TripletDataModule
-from lco.data.records import RecordError
 from lco.data.sources import TableSource
 from lco.data.synthetic import SceneTriplets
+from lco.errors import RecordError
 
 EXPECTED = {"anchor": {"text": "a"}, "positive": {"text": "b"}, "negatives": [{"text": "c"}]}
 

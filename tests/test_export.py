@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 import lco.export
 from lco.callbacks import save_embedder
-from lco.config import ConfigError
+from lco.errors import ConfigError
 from lco.export import export
 from lco.methods import METHODS
 from lco.models.backbone import load_backbone

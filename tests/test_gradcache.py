@@ -11,17 +11,17 @@ import pytest
 import torch
 
 from lco import gradcache
-from lco.config import ConfigError
+from lco.checkpointing import AtomicCheckpointIO
 from lco.data.collate import TripletCollator
+from lco.errors import BatchLayoutError, ConfigError
 from lco.gradcache import cached_embed
 from lco.losses import InfoNCE
 from lco.methods.clip import ClipStyle
 from lco.methods.lora import LoRA
 from lco.models.backbone import load_backbone
-from lco.models.batching import BatchLayoutError, fuse, plan_chunks, row_ranges, take
+from lco.models.batching import fuse, plan_chunks, row_ranges, take
 from lco.models.embedder import Embedder
 from lco.module import ContrastiveModule
-from lco.checkpointing import AtomicCheckpointIO
 from lco.train import _strategy
 from tests.conftest import compose_train
 from tests.media_fixtures import SCENES, caption, write_media

@@ -4,7 +4,8 @@ checkpointed, so last.ckpt stays the last good state."""
 import pytest
 import torch
 
-from lco.guard import NonFiniteGuard, NonFiniteLoss, check_finite_weights
+from lco.errors import NonFiniteLoss
+from lco.guard import NonFiniteGuard, check_finite_weights
 from lco.module import ContrastiveModule
 from lco.train import run
 from tests.conftest import compose_train

@@ -9,8 +9,9 @@ from torch.utils.data import DataLoader
 
 from lco.data.datamodule import TripletDataModule
 from lco.data.mixture import MixtureBatches, ResumableLoader, SourceReader, source_schedule
-from lco.data.records import ErrorPolicy, RecordError
+from lco.data.records import ErrorPolicy
 from lco.data.sources import TableSource
+from lco.errors import RecordError
 
 
 def _records(tag, n):

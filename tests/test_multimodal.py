@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from lco.config import ConfigError, check_modalities
+from lco.config import check_modalities
 from lco.data.collate import TripletCollator
-from lco.data.records import RecordError
 from lco.data.sources import TableSource
+from lco.errors import ConfigError, RecordError
 from lco.losses import InfoNCE
 from lco.methods.lora import LoRA
 from lco.models.embedder import Embedder

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from lco.data.records import RecordError
 from lco.data.sources import TableSource
-from lco.models.backbone import BackboneUnavailable, load_backbone
+from lco.errors import BackboneUnavailable, RecordError
+from lco.models.backbone import load_backbone
 
 
 def test_qwen_omni_offline_fails_fast_naming_model_path(monkeypatch, tmp_path):
@@ -61,3 +61,4 @@ def test_a_bad_local_model_path_is_named_before_data_loads(tmp_path, case):
     expected = {"missing": "does not exist", "no_weights": "has config.json but no weights: expected one of model.safetensors"}
     assert expected[case] in message
     assert not list((tmp_path / "logs").glob("train/runs/*/config.yaml"))  # lco wrote no run config: no model
+    assert "Loading weights" not in proc.stdout + proc.stderr  # transformers' loading bar never showed

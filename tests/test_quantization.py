@@ -18,7 +18,8 @@ import torch
 
 import lco.models.backbone as backbone_mod
 from lco.cli import CONF_DIR
-from lco.config import ConfigError, check_config
+from lco.config import check_config
+from lco.errors import ConfigError
 from lco.methods.clip import ClipStyle
 from lco.methods.full import FullFineTune
 from lco.models.backbone import load_backbone

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lco.checkpointing import LAST, AtomicCheckpointIO, atomic_folder, resume_checkpoint
-from lco.config import ConfigError
+from lco.errors import ConfigError
 from tests.conftest import compose_train
 
 # 160 training records / 8 = 20 steps per epoch; 30 steps cross an epoch boundary. LoRA dropout 0.05 (the

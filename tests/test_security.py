@@ -14,8 +14,8 @@ import torch
 from omegaconf import OmegaConf
 
 from lco.cli import CONF_DIR
-from lco.data.records import RecordError
 from lco.data.sources import TableSource
+from lco.errors import RecordError
 from lco.security import MASK, redact
 from tests.conftest import compose_train, run_entry
 

@@ -16,7 +16,7 @@ from peft import PeftModel
 from safetensors.torch import load_file, save_file
 
 from lco.callbacks import save_embedder
-from lco.config import ConfigError
+from lco.errors import ConfigError
 from lco.methods.lora import LoRA
 from lco.models.backbone import load_backbone
 from lco.models.embedder import Embedder

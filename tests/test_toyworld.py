@@ -172,7 +172,7 @@ def test_default_run_is_the_toy_lco_stage(tmp_path):
 
 
 def test_probe_needing_images_fails_on_a_text_model_before_it_loads(tmp_path):
-    from lco.config import ConfigError
+    from lco.errors import ConfigError
     from lco.train import run
     from tests.conftest import compose_train
 

@@ -23,7 +23,7 @@ def run(cfg: DictConfig) -> dict:
     check_config(cfg)
     unknown = [p for p in cfg.parts if p not in PARTS]
     if unknown:
-        from lco.config import ConfigError
+        from lco.errors import ConfigError
 
         raise ConfigError(f"bench parts={list(cfg.parts)}: unknown part(s) {unknown}; choose from {sorted(PARTS)}.")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -38,7 +38,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lco.cli import entry
-from lco.config import ConfigError, check_config
+from lco.config import check_config
+from lco.errors import ConfigError
 from lco.models import quantization
 
 _VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, patch_size=14,

@@ -25,8 +25,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities import move_data_to_device
 
 from lco.bench.loop import build
-from lco.config import ConfigError
 from lco.data.collate import TripletCollator
+from lco.errors import ConfigError
 from lco.module import ContrastiveModule
 
 

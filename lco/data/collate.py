@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from lco.data.media import MediaError, load_audio, load_image, load_video
-from lco.data.records import RecordError
+from lco.data.media import load_audio, load_image, load_video
+from lco.errors import MediaError, RecordError
 from lco.prompts import Prompter
 
 

@@ -10,6 +10,7 @@ Validation runs the whole validation set on every rank, so retrieval metrics are
 from __future__ import annotations
 
 import itertools
+import math
 import random
 
 import pytorch_lightning as pl
@@ -17,7 +18,8 @@ from torch.utils.data import DataLoader
 
 from lco.data.collate import ItemEncoder, TripletCollator
 from lco.data.mixture import MixtureBatches, ResumableLoader, SourceReader
-from lco.data.records import MEDIA, ErrorPolicy, RecordError
+from lco.data.records import MEDIA, ErrorPolicy
+from lco.errors import ConfigError, RecordError
 
 
 class TripletDataModule(pl.LightningDataModule):
@@ -41,6 +43,10 @@ class TripletDataModule(pl.LightningDataModule):
         for name, source in self.sources.items():
             source.name = name  # errors then name the config key to change: data.sources.<name>...
         self.weights = {str(k): float(v) for k, v in weights.items()} if weights else None
+        bad = {k: v for k, v in (self.weights or {}).items() if not (math.isfinite(v) and v > 0)}
+        if bad:
+            raise ConfigError(f"data.weights {bad}: each source's share of training steps must be a finite number "
+                              "> 0 (remove a source to leave it out).")
         unknown = set(self.weights or {}) - set(self.sources)
         if unknown:
             raise RecordError(f"data.weights names {sorted(unknown)}, which are not in data.sources "

@@ -22,6 +22,7 @@ from torch.utils.data import IterableDataset
 
 from lco.data.media import load_image
 from lco.data.synthetic import ATTRIBUTES, TEMPLATES, caption, random_scene, scene_image_path
+from lco.errors import ConfigError
 from lco.prompts import Prompter
 
 KINDS = ("caption", "text", "summary_image", "summary_text")
@@ -46,7 +47,7 @@ class SceneDocuments(IterableDataset):
     def __init__(self, weights: dict[str, float], split: str = "train", seed: int = 0, n: int | None = None):
         unknown = set(weights) - set(KINDS)
         if unknown:
-            raise ValueError(f"document kinds {sorted(unknown)} unknown; use {KINDS}")
+            raise ConfigError(f"document kinds {sorted(unknown)} unknown; use {KINDS}")
         self.kinds, self.weights = list(weights), [float(w) for w in weights.values()]
         self.split, self.seed, self.n = split, seed, n
 

@@ -21,11 +21,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from lco.errors import MediaError
+
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-
-
-class MediaError(ValueError):
-    """A media file that is missing or cannot be decoded."""
 
 
 def _read_bytes(source) -> bytes | None:

@@ -20,15 +20,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from lco.data.media import MediaError, check_media
+from lco.data.media import check_media
+from lco.errors import ConfigError, MediaError, RecordError
 
 MEDIA = ("image", "audio", "video")
 LAYOUTS = (("anchor", "positive", "negative"), ("anchor", "positive", "negatives"), ("sent0", "sent1", "hard_neg"))
 log = logging.getLogger(__name__)
-
-
-class RecordError(ValueError):
-    """A data row that cannot be used as a training triplet."""
 
 
 def detect_layout(columns, source: str) -> tuple[str, str, str | None]:
@@ -162,7 +159,7 @@ class ErrorPolicy:
 
     def __init__(self, on_error: str = "raise", max_skip_fraction: float = 0.01, source: str = ""):
         if on_error not in ("raise", "skip"):
-            raise ValueError(f"data.on_error={on_error!r}: use 'raise' or 'skip'.")
+            raise ConfigError(f"data.on_error={on_error!r}: use 'raise' or 'skip'.")
         self.on_error, self.max_skip_fraction, self.source = on_error, max_skip_fraction, source
         self.seen = self.skipped = 0
         self.examples: list[str] = []

@@ -12,7 +12,8 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from lco.data.records import ErrorPolicy, MediaRoot, RecordError, detect_layout
+from lco.data.records import ErrorPolicy, MediaRoot, detect_layout
+from lco.errors import RecordError
 from lco.hub import hub_reachable
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")

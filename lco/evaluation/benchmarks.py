@@ -7,11 +7,8 @@ from collections import defaultdict
 import mteb
 from mteb.abstasks.aggregated_task import AbsTaskAggregate
 
+from lco.errors import ConfigError, DatasetsUnavailable
 from lco.hub import hub_reachable
-
-
-class DatasetsUnavailable(RuntimeError):
-    """The benchmark's datasets are neither cached nor downloadable."""
 
 
 def select_tasks(benchmark: str | None = None, task: str | None = None) -> list:
@@ -19,7 +16,7 @@ def select_tasks(benchmark: str | None = None, task: str | None = None) -> list:
     if task:
         return [mteb.get_task(task)]
     if not benchmark:
-        raise ValueError("set benchmark=mieb_lite|mieb|maeb or task=<mteb task name>")
+        raise ConfigError("set benchmark=mieb_lite|mieb|maeb or task=<mteb task name>")
     return list(mteb.get_benchmark(benchmark).tasks)
 
 

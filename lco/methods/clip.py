@@ -8,6 +8,7 @@ the LoRA weights plus the trained vision tower (peft ``modules_to_save``). A 4-b
 
 from __future__ import annotations
 
+from lco.errors import ConfigError
 from lco.methods.lora import REFERENCE_TARGETS, LoRA
 from lco.models.quantization import reject_quantized
 
@@ -34,7 +35,7 @@ class ClipStyle(LoRA):
     def apply(self, embedder) -> None:
         towers = [t for t in embedder.family.towers if t.endswith("visual")]
         if not towers:
-            raise ValueError(f"method=clip trains on image-text pairs, but model.family={embedder.family.name} has "
+            raise ConfigError(f"method=clip trains on image-text pairs, but model.family={embedder.family.name} has "
                              "no vision tower; use a VL or Omni model.")
         if self.train_vision:
             reject_quantized(embedder.model, "method=clip with method.train_vision=true")

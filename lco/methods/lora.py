@@ -16,6 +16,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 
+from lco.errors import ConfigError
 from lco.methods.base import Method
 
 REFERENCE_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -27,7 +28,7 @@ class LoRA(Method):
     def __init__(self, r: int = 64, alpha: int = 128, dropout: float = 0.05,
                  targets: tuple[str, ...] | list[str] = REFERENCE_TARGETS, layers: list[int] | None = None):
         if r <= 0:
-            raise ValueError(f"method.r must be a positive integer, got {r}")
+            raise ConfigError(f"method.r must be a positive integer, got {r}")
         self.r, self.alpha, self.dropout = r, alpha, dropout
         self.targets = tuple(targets)
         self.layers = layers
@@ -45,7 +46,7 @@ class LoRA(Method):
         try:
             embedder.model = get_peft_model(embedder.model, config)
         except ValueError as err:
-            raise ValueError(f"method=lora matched no module for targets {self.targets} under "
+            raise ConfigError(f"method=lora matched no module for targets {self.targets} under "
                              f"{embedder.family.lm_prefix}.layers ({err}); check method.targets / method.layers.") from err
         skip_upcast_under_autocast(embedder.model)
 

@@ -14,16 +14,13 @@ from pathlib import Path
 
 import torch
 
+from lco.errors import BackboneUnavailable
 from lco.hub import hub_reachable
 from lco.models.families import Family, get_family
 from lco.models.processor import load_processor
 from lco.models.quantization import from_pretrained_kwargs
 from lco.models.tiny import TINY_PREFIX, materialize
 from lco.provenance import model_revision
-
-
-class BackboneUnavailable(RuntimeError):
-    """The model named in the config can be neither found locally nor downloaded."""
 
 
 @dataclass

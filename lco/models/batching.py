@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import torch
 
+from lco.errors import BatchLayoutError
+
 ROW_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
 # media kind -> (placeholder-token attribute of the model config, {key: rows per item of that kind})
 # where "grid" means prod(grid_thw) patch rows per item and "one" one row per item.
@@ -30,10 +32,6 @@ MEDIA = {
     "audio": ("audio_token_id", None, {"input_features": "one", "feature_attention_mask": "one"}),
 }
 TEXT_ONLY = frozenset(ROW_KEYS)
-
-
-class BatchLayoutError(ValueError):
-    """A batch carries a tensor lco does not know how to split into chunks."""
 
 
 def _left_pad(batch: dict, width: int, pad_id: int) -> dict:

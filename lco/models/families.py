@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lco.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Family:
@@ -36,5 +38,5 @@ FAMILIES: dict[str, Family] = {
 
 def get_family(name: str) -> Family:
     if name not in FAMILIES:
-        raise ValueError(f"model.family={name!r} is not a known family; choose one of {sorted(FAMILIES)}.")
+        raise ConfigError(f"model.family={name!r} is not a known family; choose one of {sorted(FAMILIES)}.")
     return FAMILIES[name]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from lco.errors import ConfigError
 from lco.models.backbone import load_backbone
 from lco.models.embedder import Embedder
 from lco.prompts import Prompter
@@ -39,7 +40,7 @@ def load_embedder(folder: str | Path, dtype: str = "auto", device: str | None = 
 
     card = read_card(folder)
     if card.get("method") not in METHODS:
-        raise ValueError(f"{Path(folder) / CARD}: unknown method {card.get('method')!r}; known: {sorted(METHODS)}.")
+        raise ConfigError(f"{Path(folder) / CARD}: unknown method {card.get('method')!r}; known: {sorted(METHODS)}.")
     method = METHODS[card["method"]]
     # base_model "." (an exported linear probe): the backbone is the folder itself, wherever it was moved
     own = method.saves_full_model or card["base_model"] == "."

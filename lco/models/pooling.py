@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from lco.errors import ConfigError
+
 
 def last_token(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
@@ -27,6 +29,6 @@ POOLERS = {"last": last_token, "mean": mean}
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str = "last", normalize: bool = True):
     if how not in POOLERS:
-        raise ValueError(f"embed.pooling={how!r} is unknown; choose one of {sorted(POOLERS)}")
+        raise ConfigError(f"embed.pooling={how!r} is unknown; choose one of {sorted(POOLERS)}")
     vectors = POOLERS[how](hidden, attention_mask)
     return F.normalize(vectors.float(), dim=-1) if normalize else vectors.float()

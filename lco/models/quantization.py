@@ -34,7 +34,7 @@ import os
 
 import torch
 
-from lco.config import ConfigError
+from lco.errors import ConfigError
 
 QUANTIZATIONS = ("nf4",)
 KEY = "model.quantization"

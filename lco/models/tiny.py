@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from lco.errors import ConfigError
+
 TINY_PREFIX = "lco-tiny/"
 _TEXT = dict(vocab_size=151936, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=4096, rms_norm_eps=1e-6, tie_word_embeddings=True,
@@ -124,7 +126,7 @@ def materialize(name: str, seed: int = 0) -> Path:
     """Write (once) and return the HF folder of tiny twin ``name``; atomic, so parallel callers are safe.
     A name in ``PRETRAINED`` is its base twin (``seed``) with the shipped trained weights written in."""
     if name not in TINY_SPECS and name not in PRETRAINED:
-        raise ValueError(f"unknown tiny model {name!r}; choose one of {sorted(TINY_SPECS) + sorted(PRETRAINED)}")
+        raise ConfigError(f"unknown tiny model {name!r}; choose one of {sorted(TINY_SPECS) + sorted(PRETRAINED)}")
     fingerprint = _pretrained_fingerprint(name) if name in PRETRAINED else _fingerprint(name)
     target = cache_root() / "tiny" / f"{name}-{fingerprint}-seed{seed}"
     if (target / "config.json").exists():
