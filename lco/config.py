@@ -50,7 +50,7 @@ SCALARS = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,)}
 def _check_type(node: DictConfig, key: str, annotation, where: str, problems: list[str]) -> None:
     text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
     kinds = [k.strip() for k in text.split("|")]
-    if not kinds or any(k not in SCALARS and k != "None" for k in kinds):
+    if any(k not in SCALARS and k != "None" for k in kinds):
         return  # not a plain scalar annotation: nothing to say
     try:
         value = node[key]
@@ -157,9 +157,8 @@ def value_problems(cfg: DictConfig) -> list[str]:
             continue
         if value is None:
             continue
-        typed = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if kind is int and not (isinstance(value, int) and not isinstance(value, bool)):
-            typed = False
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        typed = number and (kind is not int or isinstance(value, int))
         ok = typed and math.isfinite(value) and _bound_ok(value, low, False) and _bound_ok(value, high, True)
         if not ok:
             problems.append(f"{key}={value!r} is not valid: {what} must be {_describe(kind, low, high)}.")
@@ -190,8 +189,9 @@ def _undeclared(cfg: DictConfig) -> list[str]:
 
 def check_config(cfg: DictConfig) -> None:
     """Raise ``ConfigError`` listing every bad key (all at once: not an argument of its ``_target_``, or not declared
-    by the chosen options' YAML, ``lco.keys``), every unresolvable interpolation, every value of
-    ``VALUE_RULES`` out of type or range, and a ``model.quantization`` that cannot work (bad value, no CUDA/bitsandbytes, a method training 4-bit weights)."""
+    by the chosen options' YAML, ``lco.keys``), every unresolvable interpolation, every value out of type or range
+    (``VALUE_RULES``, ``CHOICE_RULES``, scalar annotations), and a ``model.quantization`` that cannot work (bad
+    value, no CUDA/bitsandbytes, a method training 4-bit weights)."""
     from lco.models.quantization import config_problems
 
     problems: list[str] = []

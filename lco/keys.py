@@ -45,8 +45,8 @@ def _compose(config_name: str, overrides: list[str]) -> DictConfig:
 
 def declared(config_name: str, choices: dict[str, str]) -> DictConfig:
     """The config as the chosen options declare it: the same groups, no experiment/debug/tuned, no values."""
-    picks = [f"{g}={o}" for g, o in choices.items() if g.split("/")[0] not in SKIP_GROUPS and "/" not in g
-             and "@" not in g and o is not None]
+    picks = [f"{g}={o}" for g, o in choices.items()
+             if g not in SKIP_GROUPS and "/" not in g and "@" not in g and o is not None]
     return _compose(config_name, picks)
 
 
