@@ -20,6 +20,7 @@ from lco.analysis.layers import layer_states
 from lco.analysis.metrics import anisotropy, mutual_knn_alignment
 from lco.cli import DEVICE, entry
 from lco.config import check_config
+from lco.models.embedder import configured
 from lco.models.loading import load_embedder
 
 METRICS = ("anisotropy_anchor", "anisotropy_positive", "alignment")
@@ -57,7 +58,7 @@ def run(cfg: DictConfig) -> list[dict]:
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    embedders = [("base", lambda: instantiate(cfg.embed)(instantiate(cfg.model)).to(DEVICE))]
+    embedders = [("base", lambda: configured(cfg).to(DEVICE))]
     embedders += [(str(c), lambda c=c: load_embedder(c, device=DEVICE)) for c in cfg.checkpoints]
     for name, make in embedders:
         embedder = make().eval()

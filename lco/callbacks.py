@@ -9,38 +9,18 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 
+from lco import card
 from lco.checkpointing import atomic_folder
-from lco.provenance import environment
-
-
-def embedding_card(embedder, method) -> dict:
-    """What a user needs to reproduce embeddings outside lco: prompts, pooling, normalisation, base model."""
-    return {
-        **method.card(),
-        "family": embedder.family.name,
-        "base_model": embedder.backbone.path,
-        "pooling": embedder.pooling,
-        "normalize": embedder.normalize,
-        "max_text_tokens": embedder.encoder.max_text_tokens,
-        "image_max_size": embedder.encoder.image_max_size,
-        "audio_max_seconds": embedder.encoder.audio_max_seconds,
-        "video_max_frames": embedder.encoder.video_max_frames,
-        "prompt_suffixes": embedder.encoder.prompter.suffixes,
-        "system_prompt": embedder.encoder.prompter.system,
-        "padding_side": "left",
-        # lco commit, lock hash and package versions; the base model's hub commit or folder + config hash
-        "provenance": {**environment(), "base_model": embedder.backbone.source},
-    }
 
 
 def save_embedder(embedder, method, folder: str | Path) -> Path:
     """Write ``folder`` as a run's ``adapter/``: the method's weights (a peft adapter folder for LoRA), the
-    processor/tokenizer, and ``lco_embedding.json`` (see ``embedding_card``); ``load_embedder`` reads it back.
+    processor/tokenizer, and ``lco_embedding.json`` (``lco/card.py``); ``load_embedder`` reads it back.
     Atomic: written beside ``folder`` and swapped in whole, so a crash mid-save leaves the previous folder."""
     with atomic_folder(folder) as tmp:
         method.save(embedder, tmp)
         embedder.backbone.processor.save_pretrained(tmp)
-        (tmp / "lco_embedding.json").write_text(json.dumps(embedding_card(embedder, method), indent=2))
+        card.write(tmp, card.build(embedder, method))
     return Path(folder)
 
 

@@ -15,6 +15,7 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lco.errors import ConfigError
+from lco.keys import moved
 
 HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
 
@@ -38,7 +39,8 @@ def _check_node(node: DictConfig, where: str, problems: list[str]) -> None:
         if key in HYDRA_KEYS or key in params:
             continue
         close = difflib.get_close_matches(str(key), list(params), n=2)
-        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        hint = moved(f"{where}.{key}".lstrip(".")) or (
+            f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else "")
         problems.append(f"{where}.{key} is not an argument of {target}; valid keys: "
                         f"{', '.join(p for p in params if p not in ('self', 'args', 'kwargs'))}.{hint}")
 
@@ -94,16 +96,15 @@ VALUE_RULES = [
     ("optim.scheduler.warmup_steps", int, 0, None, "linear warmup steps"),
     ("loss.temperature", float, ">0", None, "InfoNCE temperature"),
     ("loss.max_scale", float, ">0", None, "the largest learned logit scale"),
-    ("loss.cache_chunk", int, 1, None, "GradCache items per chunk (null: no GradCache)"),
+    ("step.fuse_max_padding", float, 1, None, "padding factor up to which text sides share a pass (null: never)"),
     ("method.r", int, 1, None, "LoRA rank"),
     ("method.alpha", float, ">0", None, "LoRA alpha"),
     ("method.dropout", float, 0, "<1", "LoRA dropout"),
-    ("embed.max_text_tokens", int, 1, None, "tokens kept of each item's text"),
-    ("embed.image_max_size", int, 28, None, "longest image side in pixels (one 28-pixel merged patch at least)"),
-    ("embed.audio_max_seconds", float, ">0", None, "seconds of audio kept"),
-    ("embed.video_max_frames", int, 2, None, "video frames sampled (pairs: 2 at least)"),
-    ("fuse_max_padding", float, 1, None, "padding factor up to which text sides share a pass (null: never)"),
-    ("max_nonfinite_skips", int, 0, None, "NaN/Inf losses skipped before the run stops"),
+    ("preprocess.max_text_tokens", int, 1, None, "tokens kept of each item's text"),
+    ("preprocess.image_max_size", int, 28, None, "longest image side in pixels (one 28-pixel merged patch at least)"),
+    ("preprocess.audio_max_seconds", float, ">0", None, "seconds of audio kept"),
+    ("preprocess.video_max_frames", int, 2, None, "video frames sampled (pairs: 2 at least)"),
+    ("module.max_nonfinite_skips", int, 0, None, "NaN/Inf losses skipped before the run stops"),
 ]
 
 
@@ -116,7 +117,7 @@ CHOICE_RULES = [
     ("data.on_error", ("raise", "skip")),
     ("optim.scheduler.name", ("linear", "cosine")),
     ("embed.pooling", ("last", "mean")),
-    ("gradient_checkpointing", ("auto", True, False)),
+    ("module.gradient_checkpointing", ("auto", True, False)),
 ]
 
 

@@ -31,6 +31,7 @@ def run(cfg: DictConfig) -> list[dict]:
     import mteb
 
     from lco.evaluation.mteb_encoder import MtebEncoder
+    from lco.models.embedder import configured
     from lco.models.loading import load_embedder
 
     check_config(cfg)
@@ -41,7 +42,7 @@ def run(cfg: DictConfig) -> list[dict]:
         embedder = load_embedder(cfg.checkpoint, device=DEVICE)
         name = f"lco/{Path(cfg.checkpoint).resolve().parent.name}"
     else:
-        embedder = instantiate(cfg.embed)(instantiate(cfg.model)).to(DEVICE)
+        embedder = configured(cfg).to(DEVICE)
         name = f"lco-base/{cfg.model.path}"
     out = Path(cfg.paths.output_dir)
     with tracking.tracked(cfg, follow_checkpoint=cfg.checkpoint) as loggers:

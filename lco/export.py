@@ -25,17 +25,16 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from lco import card as cards
 from lco.checkpointing import atomic_folder
 from lco.cli import entry
 from lco.config import check_config
 from lco.errors import ConfigError
-from lco.models.loading import CARD, read_card
 from lco.provenance import environment
 
 FIX = "point checkpoint= at the adapter/ folder of a finished lco run (logs/train/runs/<date>_<time>/adapter)"
 ADAPTER = ("adapter_config.json", "adapter_model.safetensors")
 METHOD_FILES = {"lora": ADAPTER, "clip": ADAPTER, "full": ("config.json",), "linear_probe": ("head.safetensors",)}
-CARD_KEYS = ("family", "base_model", "pooling", "normalize", "max_text_tokens", "prompt_suffixes")
 DTYPES = ("float32", "bfloat16", "float16")
 ST_POOLING = {"last": "lasttoken", "mean": "mean"}
 EXAMPLE = "A man is playing a guitar."
@@ -53,21 +52,7 @@ def read_checkpoint(folder: Path) -> dict:
     """The checkpoint's card, once the method's files are found and every safetensors file reads whole."""
     from safetensors import safe_open
 
-    if not folder.is_dir():
-        raise ConfigError(f"checkpoint={folder} is not a folder: {FIX}.")
-    try:
-        card = read_card(folder)
-    except FileNotFoundError:
-        raise ConfigError(f"checkpoint={folder} has no {CARD}: {FIX}.") from None
-    except ValueError as err:
-        raise ConfigError(f"checkpoint={folder}: {CARD} is not valid JSON ({err}); copy it again from the "
-                          "run.") from None
-    if card.get("method") not in METHOD_FILES:
-        raise ConfigError(f"checkpoint={folder}: {CARD} has method={card.get('method')!r}; lco.export knows "
-                          f"{', '.join(METHOD_FILES)}. {FIX}.")
-    if any(key not in card for key in CARD_KEYS):
-        raise ConfigError(f"checkpoint={folder}: {CARD} lacks {[k for k in CARD_KEYS if k not in card]}; it was not "
-                          f"written by lco.train. {FIX}.")
+    card = cards.read(folder, f"checkpoint={folder}")
     weights = sorted(folder.glob("*.safetensors"))
     missing = [name for name in METHOD_FILES[card["method"]] if not (folder / name).is_file()]
     if missing or not weights:
@@ -135,7 +120,7 @@ def embedding_template(template, suffixes: dict, system: str | None) -> str:
 
 
 def check_prompts(embedder) -> dict[str, str]:
-    """Render one item per modality with the new template and lco's ``ItemEncoder``: they must be equal. Returns
+    """Render one item per modality with the new template and lco's ``Preprocessor``: they must be equal. Returns
     the rendered prompts (for the card)."""
     modalities = {"text": {"text": EXAMPLE}, "image": {"image": "x"}, "mixed": {"image": "x", "text": EXAMPLE},
                   "audio": {"audio": "x"}, "video": {"video": "x"}}
@@ -147,7 +132,7 @@ def check_prompts(embedder) -> dict[str, str]:
         content.append({"type": "text", "text": item.get("text", "")})
         got = processor.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
                                             add_generation_prompt=True, embedding=True)
-        shown[name] = embedder.encoder.prompts([item])[0]
+        shown[name] = embedder.preprocessor.prompts([item])[0]
         if got != shown[name]:
             raise ConfigError(f"the exported chat template renders a {name} item as {got!r}, but lco renders "
                               f"{shown[name]!r}: this checkpoint's chat template lays out user turns in a way "
@@ -251,7 +236,7 @@ def export(checkpoint: str | Path, out: str | Path, sentence_transformers: bool 
         if sentence_transformers:
             write_sentence_transformers(tmp, card, embedder.hidden_size, head, info["max_length"])
         (tmp / "README.md").write_text(model_card(card, info, prompts))
-        (tmp / CARD).write_text(json.dumps(exported, indent=2))
+        cards.write(tmp, exported)
     del embedder, model
     gc.collect()
     result = {"out": str(out), "method": card["method"], "dtype": dtype,

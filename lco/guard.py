@@ -26,7 +26,7 @@ ADVICE = ("Usual causes: a learning rate too high for this batch size (optim.opt
 class NonFiniteGuard:
     def __init__(self, max_skips: int = 0):
         if max_skips is None or int(max_skips) < 0:
-            raise ConfigError(f"max_nonfinite_skips must be an integer >= 0, got {max_skips!r}")
+            raise ConfigError(f"module.max_nonfinite_skips must be an integer >= 0, got {max_skips!r}")
         self.max_skips, self.skipped = int(max_skips), 0
 
     def __call__(self, loss: torch.Tensor, step: int, reduce=None) -> bool:
@@ -40,13 +40,13 @@ class NonFiniteGuard:
         if self.skipped < self.max_skips:
             self.skipped += 1
             rank_zero_warn(f"lco: train/loss is {loss.item()} at step {step}; skipped it (no update), "
-                           f"{self.skipped} of max_nonfinite_skips={self.max_skips} used.")
+                           f"{self.skipped} of module.max_nonfinite_skips={self.max_skips} used.")
             return True
         used = f" after skipping {self.skipped} such steps" if self.skipped else ""
         raise NonFiniteLoss(
             f"train/loss is {loss.item()} at step {step}{used}, so training stopped before applying it: the weights "
             "are those after the previous step, and the run folder's checkpoints/last.ckpt (if any) holds the last "
-            f"good state. {ADVICE} To skip up to N such steps instead of stopping, set max_nonfinite_skips=N.")
+            f"good state. {ADVICE} To skip up to N such steps instead of stopping, set module.max_nonfinite_skips=N.")
 
 
 def check_finite_weights(state_dict: dict, step: int) -> None:

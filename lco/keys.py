@@ -5,8 +5,8 @@ Two holes this closes:
 
 - ``+optim.lrr=1e-3`` (Hydra's own advice after a typo) or ``+optim.lr=nan`` adds a key to a node without a
   ``_target_`` that nothing reads, and the run trained at the default. ``undeclared_keys`` compares the composed
-  config with the *declared* one: the same config file and group options composed without experiment, debug or
-  tuned deltas and without the command line's values. A key under a node without ``_target_`` that the declared
+  config with the *declared* one: the same config file and group options composed without experiment or debug
+  deltas and without the command line's values. A key under a node without ``_target_`` that the declared
   config lacks is refused, with the full path and the closest declared paths (``optim.optimizer.lr``).
   ``callbacks`` takes new named callbacks, and everything under a ``_target_`` is its signature's business.
 - ``optim.lrr=1e-3`` (no ``+``) made Hydra stop with its advice to append with ``+``. ``check_command_line`` composes
@@ -25,9 +25,14 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+# keys that moved to the group that reads them (2026-11-30): old path (or prefix) -> new path
+MOVED = {"loss.cache_chunk": "step.cache_chunk", "fuse_max_padding": "step.fuse_max_padding",
+         "gradient_checkpointing": "module.gradient_checkpointing",
+         "max_nonfinite_skips": "module.max_nonfinite_skips", **{f"embed.{key}": f"preprocess.{key}" for key in (
+             "max_text_tokens", "image_max_size", "audio_max_seconds", "video_max_frames", "prompter")}}
 FREE = {"callbacks"}  # nodes whose children are named by the user (each one a _target_ node)
-# deltas and Hydra's own, not passed: experiment/debug fall back to null, tuned follows data by itself
-SKIP_GROUPS = {"experiment", "debug", "tuned", "hydra"}
+# deltas and Hydra's own, not passed: experiment/debug fall back to null
+SKIP_GROUPS = {"experiment", "debug", "hydra"}
 
 
 def _compose(config_name: str, overrides: list[str]) -> DictConfig:
@@ -44,7 +49,7 @@ def _compose(config_name: str, overrides: list[str]) -> DictConfig:
 
 
 def declared(config_name: str, choices: dict[str, str]) -> DictConfig:
-    """The config as the chosen options declare it: the same groups, no experiment/debug/tuned, no values."""
+    """The config as the chosen options declare it: the same groups, no experiment/debug, no values."""
     picks = [f"{g}={o}" for g, o in choices.items()
              if g not in SKIP_GROUPS and "/" not in g and "@" not in g and o is not None]
     return _compose(config_name, picks)
@@ -58,6 +63,14 @@ def leaf_paths(node, where: str = "") -> list[str]:
             path = f"{where}.{key}" if where else str(key)
             out += leaf_paths(child, path) if isinstance(child, DictConfig) else [path]
     return out
+
+
+def moved(key: str) -> str:
+    """`` It is now <new path>.`` when ``key`` (or a node above it) moved (``MOVED``), else ``""``."""
+    for old, new in MOVED.items():
+        if key == old or key.startswith(old + "."):
+            return f" It is now {new + key[len(old):]} (it moved to the config group that reads it)."
+    return ""
 
 
 def suggest(key: str, candidates: list[str]) -> str:
@@ -90,7 +103,7 @@ def undeclared_keys(cfg: DictConfig, config_name: str, choices: dict[str, str]) 
             if key not in declared_here:
                 valid = ", ".join(str(k) for k in reference.keys())
                 problems.append(f"{path} is not a key lco reads (added with +, or by an experiment file); the keys "
-                                f"under {where or 'the top level'} are: {valid}.{suggest(path, paths)}")
+                                f"under {where or 'the top level'} are: {valid}.{moved(path) or suggest(path, paths)}")
             else:
                 walk(node._get_node(key), reference._get_node(key), path)
 
@@ -142,9 +155,14 @@ def check_command_line(config_name: str, argv: list[str]) -> None:
         if found is None:
             return
         key = found.group(1)
-        groups = [o for o in overrides if "=" in o and "." not in o.split("=", 1)[0]]
-        paths = leaf_paths(_compose(config_name, [g for g in groups if not g.startswith(("+", "~"))]))
+        from lco.cli import CONF_DIR
+
+        # the command line's group choices (model=tiny_text), without which the keys a typo is close to are unknown
+        groups = [o for o in overrides if "=" in o and not o.startswith(("+", "~"))
+                  and Path(CONF_DIR, o.split("=", 1)[0]).is_dir()]
+        paths = leaf_paths(_compose(config_name, groups)) if not moved(key) else []
         parent = key.rsplit(".", 1)[0] if "." in key else "the top level"
-        raise ConfigError(f"{key} (command line) is not a key of the config under {parent}.{suggest(key, paths)} "
+        raise ConfigError(f"{key} (command line) is not a key of the config under {parent}."
+                          f"{moved(key) or suggest(key, paths)} "
                           "Appending it with + would only add a key that nothing reads; lco refuses those too."
                           ) from None

@@ -41,22 +41,13 @@ class InfoNCE(nn.Module):
     temperature: 0.03 by default (the reference); ``learnable=True`` makes log(1/temperature) a parameter,
     clamped so the scale stays <= ``max_scale``. ``symmetric=True`` adds positive->anchor over global anchors
     and averages the two terms. ``gather=False`` keeps the loss local to each rank.
-    ``cache_chunk=n`` asks the training step for GradCache (``lco.gradcache``): embeddings are computed n items
-    at a time (text chunks of shorter items hold more, up to the padded tokens of n of the longest:
-    ``lco.models.batching.row_ranges``) and re-computed chunk by chunk in backward, so activation memory is that
-    of n items whatever the batch; the loss itself is unchanged (the full-batch loss on all embeddings).
-    ``None``: no caching.
     """
 
     def __init__(self, temperature: float = 0.03, learnable: bool = False, symmetric: bool = False,
-                 gather: bool = True, max_scale: float = 100.0, cache_chunk: int | None = None):
+                 gather: bool = True, max_scale: float = 100.0):
         super().__init__()
         if temperature <= 0:
             raise ConfigError(f"loss.temperature must be > 0, got {temperature}")
-        if cache_chunk is not None and (not isinstance(cache_chunk, int) or cache_chunk < 1):
-            raise ConfigError(f"loss.cache_chunk must be a positive integer (items per chunk) or null, got "
-                             f"{cache_chunk!r}")
-        self.cache_chunk = cache_chunk
         self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)), requires_grad=learnable)
         self.symmetric = symmetric
         self.gather = gather

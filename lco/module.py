@@ -1,11 +1,11 @@
 """The LightningModule: embed anchor/positive/negatives, contrastive loss, optimiser, validation retrieval.
 
-Composition only: the ``Embedder`` embeds, the ``Method`` decides what trains, the loss scores. Checkpoints
-hold only trainable tensors (LoRA weights, loss scale), not the frozen multi-GB base.
+Composition only: the ``Embedder`` embeds, the ``Method`` decides what trains, the ``Step`` (``lco/step/``)
+plans a batch and computes its loss, the loss scores. Checkpoints hold only trainable tensors (LoRA weights,
+loss scale), not the frozen multi-GB base.
 
-Before a batch leaves the host, ``on_before_batch_transfer`` plans its forward passes: text-only sides are
-fused into one pass where padding allows (``fuse_max_padding``), and with ``loss.cache_chunk`` every pass is
-cut into chunks for GradCache. The plan holds Python ints only, so the step itself never syncs with the host.
+Before a batch leaves the host, ``on_before_batch_transfer`` has the step plan its forward passes (fused sides,
+GradCache chunks: Python ints only, so the step on the device never syncs with the host).
 """
 
 from __future__ import annotations
@@ -17,36 +17,35 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_info
 
-from lco.analysis.retrieval import directional_recalls, recall_at
-from lco.gradcache import cached_embed
+from lco.analysis.retrieval import retrieval_metrics
 from lco.guard import NonFiniteGuard, check_finite_weights
 from lco.losses import InfoNCE
 from lco.methods.base import Method, count_parameters
-from lco.models.batching import MEDIA, TEXT_ONLY, fuse, plan_chunks, sort_by_length
 from lco.models.embedder import Embedder
-from lco.optim import build_scheduler
+from lco.step import Step
 
 
 class ContrastiveModule(pl.LightningModule):
     """Inputs per step: a ``TripletCollator`` batch. Logs ``train/loss``, ``val/loss``, ``val/r1``, ``val/r5``.
 
-    ``fuse_max_padding``: text-only anchor/positive/negative batches share one forward pass when the fused
-    batch has at most this many times their own padded tokens (``None``: three passes, as the reference).
+    ``optimizer``: trainable parameters -> optimizer; ``scheduler``: (optimizer, total_steps=) -> a per-step
+    LR scheduler, or None (``conf/optim/``). ``gradient_checkpointing``: ``auto`` (on for CUDA), true, false.
     ``max_nonfinite_skips``: NaN/Inf losses skipped (no update) before the run stops (``lco/guard.py``).
+    ``conf/train.yaml``'s ``module`` node holds the last two; ``lco.train`` passes the rest.
     """
 
-    def __init__(self, embedder: Embedder, method: Method, loss: InfoNCE, optimizer: partial,
-                 scheduler: dict | None = None, gradient_checkpointing: str | bool = "auto",
-                 fuse_max_padding: float | None = 1.25, max_nonfinite_skips: int = 0):
+    def __init__(self, embedder: Embedder, method: Method, loss: InfoNCE, step: Step, optimizer: partial,
+                 scheduler: partial | None = None, *, gradient_checkpointing: str | bool,
+                 max_nonfinite_skips: int):
         super().__init__()
         self.guard = NonFiniteGuard(max_nonfinite_skips)
         self._skip_update = False
-        self.fuse_max_padding = fuse_max_padding
         self.embedder = embedder
         self.method = method
         self.loss_fn = loss
+        self.step = step
         self.optimizer_factory = optimizer
-        self.scheduler_cfg = dict(scheduler or {})
+        self.scheduler_factory = scheduler
         self.gradient_checkpointing = gradient_checkpointing
         self.strict_loading = False  # checkpoints carry trainable tensors only
         method.apply(embedder)
@@ -72,47 +71,12 @@ class ContrastiveModule(pl.LightningModule):
             self.embedder.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     def on_before_batch_transfer(self, batch, dataloader_idx: int):
-        """Collated triplets (CPU) -> ``{"passes": [...], "sides": n, "rows": B, "modality"}``: each pass is
-        ``{"inputs", "sides": [side index...], "sizes", "chunks": [...] or None, "restore"}`` over sides anchor,
-        positive, negative; with chunks, all text-only sides share one pass (unless ``fuse_max_padding=None``),
-        sorted by length (``restore`` undoes it) and cut into chunks filled up to the footprint of ``cache_chunk``
-        of its longest items."""
-        if "passes" in batch:
-            return batch
-        sides = [batch["anchor"], batch["positive"]] + ([batch["negative"]] if batch["negative"] is not None else [])
-        chunk = getattr(self.loss_fn, "cache_chunk", None)
-        config = self.embedder.backbone.model.config
-        token_ids = {kind: getattr(config, attr, None) for kind, (attr, _, _) in MEDIA.items()}
-        # with chunks, joining text sides pads no forward pass (each chunk drops its own), so fusing joins them all
-        max_padding = float("inf") if chunk and self.fuse_max_padding is not None else self.fuse_max_padding
-        passes = []
-        for inputs, members in fuse(sides, self.embedder.encoder.tokenizer.pad_token_id, max_padding):
-            restore = None
-            if chunk and set(inputs) <= TEXT_ONLY:  # sorted by length, chunks carry little padding and can be
-                inputs, restore = sort_by_length(inputs)  # filled with more short rows (plan_chunks' fill)
-            chunks = plan_chunks(inputs, chunk, token_ids, fill=restore is not None) if chunk else None
-            passes.append({"inputs": inputs, "sides": members, "chunks": chunks, "restore": restore,
-                           "sizes": [sides[i]["input_ids"].shape[0] for i in members]})
-        return {"passes": passes, "sides": len(sides), "rows": batch["anchor"]["input_ids"].shape[0],
-                "modality": batch["modality"]}
-
-    def _embed_triplets(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        out: list[torch.Tensor | None] = [None] * batch["sides"]
-        for step in batch["passes"]:
-            if step["chunks"] is None:
-                vectors = self.embedder(step["inputs"])
-            else:
-                trainable = [p for p in self.embedder.parameters() if p.requires_grad]
-                vectors = cached_embed(self.embedder, step["inputs"], step["chunks"], trainable)
-                if step["restore"] is not None:
-                    vectors = vectors[step["restore"]]
-            for side, part in zip(step["sides"], vectors.split(step["sizes"])):
-                out[side] = part
-        return out[0], out[1], out[2] if batch["sides"] == 3 else None
+        """Collated triplets (CPU) -> the step's plan of them (``Step.plan``), made before they leave the host."""
+        return self.step.plan(batch, self.embedder.pad_token_id, self.embedder.placeholder_ids)
 
     def batch_loss(self, batch) -> torch.Tensor:
         """The training loss (scalar) of a planned batch (``on_before_batch_transfer``'s output, on the device)."""
-        return self.loss_fn(*self._embed_triplets(batch))
+        return self.step.loss(self.embedder, self.loss_fn, batch)
 
     def training_step(self, batch, batch_idx):
         if self._t0 is None:
@@ -131,7 +95,7 @@ class ContrastiveModule(pl.LightningModule):
         return loss
 
     def validation_step(self, batch, batch_idx):
-        anchor, positive, negative = self._embed_triplets(batch)
+        anchor, positive, negative = self.step.embed(self.embedder, batch)
         loss = self.loss_fn(anchor, positive, negative, gather=False)
         self.log("val/loss", loss, batch_size=anchor.shape[0], sync_dist=True)
         self._val_outputs.append((anchor.detach(), positive.detach(), batch["modality"]))
@@ -147,18 +111,15 @@ class ContrastiveModule(pl.LightningModule):
         p_mod = [m for _, _, mods in self._val_outputs for m in mods["positive"]]
         self._val_outputs.clear()
         self.validated_at = self.global_step
-        metrics = {f"r{k}": v for k, v in recall_at(anchors, positives).items()}
-        metrics.update(directional_recalls(anchors, positives, a_mod, p_mod))
-        for name, value in metrics.items():
+        for name, value in retrieval_metrics(anchors, positives, a_mod, p_mod).items():
             self.log(f"val/{name}", value, sync_dist=True)
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
         optimizer = self.optimizer_factory(params)
-        if not self.scheduler_cfg:
+        if self.scheduler_factory is None:
             return optimizer
-        total = int(self.trainer.estimated_stepping_batches)
-        scheduler = build_scheduler(optimizer, total_steps=total, **self.scheduler_cfg)
+        scheduler = self.scheduler_factory(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_before_optimizer_step(self, optimizer) -> None:

@@ -19,6 +19,14 @@ REFERENCE_SUFFIXES = {
 }
 
 
+def modality(item: dict) -> str:
+    """The kind of an item: ``text``, ``image``, ``audio``, ``video``, or ``mixed`` (media with text, or two media)."""
+    media = [m for m in ("image", "video", "audio") if item.get(m)]
+    if len(media) > 1 or (media and item.get("text")):
+        return "mixed"
+    return media[0] if media else "text"
+
+
 @dataclass
 class Prompter:
     """Turns an item (``{"text": str, "image": ..., ...}``) into chat messages with the right suffix."""
@@ -29,21 +37,15 @@ class Prompter:
     def __post_init__(self):
         bad = {k: v for k, v in dict(self.suffixes).items() if not isinstance(v, str)}
         if bad:  # str(None) would put the word "None" after every item
-            raise ConfigError(f"embed.prompter.suffixes {bad} must be text (use \"\" for no suffix).")
+            raise ConfigError(f"preprocess.prompter.suffixes {bad} must be text (use \"\" for no suffix).")
         self.suffixes = {str(k): v for k, v in dict(self.suffixes).items()}
         missing = set(REFERENCE_SUFFIXES) - set(self.suffixes)
         if missing:
-            raise ConfigError(f"embed.prompter.suffixes lacks {sorted(missing)}; give a suffix for every modality.")
-
-    def modality(self, item: dict) -> str:
-        media = [m for m in ("image", "video", "audio") if item.get(m)]
-        if len(media) > 1 or (media and item.get("text")):
-            return "mixed"
-        return media[0] if media else "text"
+            raise ConfigError(f"preprocess.prompter.suffixes lacks {sorted(missing)}; give a suffix for every modality.")
 
     def messages(self, item: dict) -> list[dict]:
         content = [{"type": m} for m in ("image", "video", "audio") if item.get(m)]
-        content.append({"type": "text", "text": (item.get("text") or "") + self.suffixes[self.modality(item)]})
+        content.append({"type": "text", "text": (item.get("text") or "") + self.suffixes[modality(item)]})
         turns = [{"role": "user", "content": content}]
         if self.system is not None:
             turns.insert(0, {"role": "system", "content": [{"type": "text", "text": self.system}]})

@@ -44,7 +44,7 @@ from lco.checkpointing import atomic_folder
 from lco.cli import DEVICE, entry
 from lco.config import check_config, check_modalities
 from lco.errors import ConfigError
-from lco.models.loading import CARD, embedder_from_card
+from lco import card as cards
 from lco.provenance import environment
 
 MODES = ("weighted", "uniform", "greedy")
@@ -88,9 +88,9 @@ def read_ingredient(folder: Path) -> Ingredient:
 
     if not folder.is_dir():
         raise ConfigError(f"adapter {folder} is not a folder: {FIX}.")
-    card = _read_json(folder / CARD, folder)
-    if card.get("method") != "lora":
-        raise ConfigError(f"adapter {folder}: {CARD} has method={card.get('method')!r}, but only LoRA adapters "
+    card = cards.read(folder, f"adapter {folder}")
+    if card["method"] != "lora":
+        raise ConfigError(f"adapter {folder}: {cards.NAME} has method={card['method']!r}, but only LoRA adapters "
                           "(method=lora) can be souped; leave it out of adapters=.")
     config = _read_json(folder / CONFIG, folder)
     r = config.get("r")
@@ -140,7 +140,7 @@ def read_ingredients(folders: list[Path]) -> list[Ingredient]:
     for other in ingredients[1:]:
         for field in sorted((set(first.card) | set(other.card)) - {"soup", "provenance"}):
             if other.card.get(field) != first.card.get(field):
-                problems.append(f"adapter {other.folder}: {CARD} field {field!r} is {other.card.get(field)!r} but "
+                problems.append(f"adapter {other.folder}: {cards.NAME} field {field!r} is {other.card.get(field)!r} but "
                                 f"{first.folder} has {first.card.get(field)!r}; a soup needs adapters of one base "
                                 "model with the same embedding settings. Leave one out, or retrain it to match.")
         if other.modules != first.modules:
@@ -163,7 +163,7 @@ def check_base(model: torch.nn.Module, ingredients: list[Ingredient]) -> None:
             if shape != (out_b, in_a):
                 raise ConfigError(f"adapter {ing.folder}: its LoRA at {module} is for a {out_b} x {in_a} layer, but "
                                   f"the base {ing.card['base_model']} has {shape or 'no such linear layer'} there: it "
-                                  f"was not trained on this base. Check base_model in {CARD}, or leave it out.")
+                                  f"was not trained on this base. Check base_model in {cards.NAME}, or leave it out.")
 
 
 def resolve_weights(mode: str, weights, n: int) -> list[float]:
@@ -222,15 +222,13 @@ def attach(embedder, folder: Path, name: str) -> None:
 
 def retrieval(embedder, records: list[dict], batch_size: int) -> dict[str, float]:
     """Anchor -> positive retrieval among all positives, as lco.train's validation: r1, r5, t2t_r1, i2t_r1, ..."""
-    from lco.analysis.retrieval import directional_recalls, recall_at
+    from lco.analysis.retrieval import retrieval_metrics
+    from lco.prompts import modality
 
     anchors = embedder.encode([r["anchor"] for r in records], batch_size)
     positives = embedder.encode([r["positive"] for r in records], batch_size)
-    modality = embedder.encoder.prompter.modality
-    metrics = {f"r{k}": v for k, v in recall_at(anchors, positives).items()}
-    metrics.update(directional_recalls(anchors, positives, [modality(r["anchor"]) for r in records],
-                                       [modality(r["positive"]) for r in records]))
-    return metrics
+    return retrieval_metrics(anchors, positives, [modality(r["anchor"]) for r in records],
+                             [modality(r["positive"]) for r in records])
 
 
 def greedy(embedder, ingredients: list[Ingredient], records: list[dict], metric: str, batch_size: int):
@@ -267,13 +265,13 @@ def save_soup(out: Path, ingredients: list[Ingredient], weights: list[float], so
     """Write ``out`` whole or not at all: adapter, the first input's processor files, card + ``soup`` entry."""
     with atomic_folder(out) as tmp:  # out, if it exists, is empty (checked before)
         soup["rank"] = write_adapter(ingredients, weights, tmp)
-        skip = {CONFIG, WEIGHTS, CARD, "README.md"}
+        skip = {CONFIG, WEIGHTS, cards.NAME, "README.md"}
         for path in ingredients[0].folder.iterdir():
             if path.is_file() and path.name not in skip:
                 shutil.copy2(path, tmp / path.name)
         provenance = {**environment(), "base_model": ingredients[0].card.get("provenance", {}).get("base_model"),
                       "ingredients": [i.card.get("provenance") for i in ingredients]}
-        (tmp / CARD).write_text(json.dumps({**ingredients[0].card, "soup": soup, "provenance": provenance}, indent=2))
+        cards.write(tmp, {**ingredients[0].card, "soup": soup, "provenance": provenance})
 
 
 def run(cfg: DictConfig) -> dict:
@@ -292,7 +290,7 @@ def run(cfg: DictConfig) -> dict:
         records = val.load()
         media = {m for r in records for side in ("anchor", "positive") for m in ("image", "audio", "video") if r[side].get(m)}
         check_modalities(media, card["family"], card["base_model"], what="val")
-    embedder = embedder_from_card(card, card["base_model"], dtype=cfg.dtype).eval()
+    embedder = cards.embedder(card, card["base_model"], dtype=cfg.dtype).eval()
     check_base(embedder.model, ingredients)
     soup = {"mode": cfg.mode, "inputs": [str(f.resolve()) for f in folders], "weights_given": given,
             "weights": weights, "normalised": "weights sum to 1", "ranks": [i.config["r"] for i in ingredients],

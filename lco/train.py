@@ -1,5 +1,10 @@
 """``python -m lco.train [overrides]``: compose conf/train.yaml, check it, then data -> model -> fit -> save.
 
+The path: ``check_config`` -> step, method, loss (``conf/step``, ``method``, ``loss``) -> ``data.load()`` ->
+preprocessing (``conf/preprocess``) -> backbone (``model``) -> embedder (``embed``) -> ``module`` (the
+LightningModule, with the optimizer and scheduler of ``optim``) -> callbacks, logger, trainer -> fit.
+``run(cfg)`` returns the final metrics and the objects it built, as lightning-hydra-template does.
+
 Order matters: config keys, the checkpoint to resume from and data records are validated before any model
 weights load, so mistakes fail in seconds. A run resumes (``lco/checkpointing.py``) from ``ckpt_path`` (a file,
 a run folder, or ``last``: the newest run of this task) or, by default, from its own folder's
@@ -26,9 +31,7 @@ from lco.callbacks import Probe, SaveEmbedder
 from lco.checkpointing import AtomicCheckpointIO, Preemption, RNGState, remove_partial_writes, resume_checkpoint
 from lco.cli import entry
 from lco.config import check_config, check_launch, check_modalities
-from lco.errors import ConfigError
 from lco.models.backbone import check_local
-from lco.module import ContrastiveModule
 from lco.provenance import environment
 from lco.security import redact
 from lco.summary import print_summary, record_cost, write_metrics
@@ -38,8 +41,8 @@ def _instantiate_group(group: DictConfig | None) -> list:
     return [instantiate(node) for node in (group or {}).values() if node is not None]
 
 
-def _strategy(cfg: DictConfig, method) -> dict:
-    """Trainer kwargs that adapt the configured DDP strategy to the method and loss (else ``{}``)."""
+def _strategy(cfg: DictConfig, method, step) -> dict:
+    """Trainer kwargs that adapt the configured strategy to the method and step (else ``{}``)."""
     strategy = cfg.trainer.get("strategy")
     # a node with _target_ (conf/trainer/*.yaml) or a Lightning strategy name ("ddp", "fsdp", "deepspeed_stage_2")
     target = str(strategy.get("_target_", "")) if isinstance(strategy, DictConfig) else str(strategy or "")
@@ -47,12 +50,7 @@ def _strategy(cfg: DictConfig, method) -> dict:
     if named and ("fsdp" in target.lower() or "deepspeed" in target.lower()):
         target = "FSDP" if "fsdp" in target.lower() else "DeepSpeed"
     kwargs = {}
-    if cfg.loss.get("cache_chunk") and ("FSDP" in target or "DeepSpeed" in target):
-        raise ConfigError(
-            f"loss.cache_chunk={cfg.loss.cache_chunk} (GradCache) is supported with trainer=cpu, gpu, ddp and "
-            f"ddp_cpu, not with {target.rsplit('.', 1)[-1]}: its re-forward inside backward would meet sharded "
-            "parameters lco has not tested. Use trainer=ddp (LoRA's trainable weights are small), or set "
-            "loss.cache_chunk=null.")
+    step.check_strategy(target)
     # sharded strategies write checkpoint folders with their own IO; every other gets atomic .ckpt files, added
     # to the user's trainer.plugins (a SLURM environment, say), not in place of them
     plugins = cfg.trainer.get("plugins") or []
@@ -75,13 +73,15 @@ def _logger(node: DictConfig, resume, out: Path):
     return instantiate(node, **(tracking.resume_id(node, out) if resume is not None else {}))
 
 
-def run(cfg: DictConfig) -> dict[str, float]:
-    """Train with a composed config; returns the final logged metrics (floats)."""
+def run(cfg: DictConfig) -> tuple[dict[str, float], dict]:
+    """Train with a composed config. Returns ``(metrics, built)``: the final logged metrics (floats) and the
+    objects built from the config (``datamodule``, ``preprocessor``, ``embedder``, ``module``, ``trainer``,
+    ``callbacks``, ``loggers``)."""
     check_config(cfg)
     check_launch(cfg.trainer)
     check_local(cfg.model.path)  # a local model.path that is missing or has no weights fails before data loads
-    method, loss = instantiate(cfg.method), instantiate(cfg.loss)
-    extra = _strategy(cfg, method)  # a loss/strategy mismatch fails here, before data or weights load
+    step, method, loss = instantiate(cfg.step), instantiate(cfg.method), instantiate(cfg.loss)
+    extra = _strategy(cfg, method, step)  # a step/strategy mismatch fails here, before data or weights load
     resume = resume_checkpoint(cfg)  # a ckpt_path naming nothing fails here too
     if resume is not None and resume.parent.name == "checkpoints" and (resume.parent.parent / "config.yaml").is_file():
         with open_dict(cfg):  # a checkpoint inside an lco run folder: write on in that folder
@@ -97,25 +97,26 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if datamodule.probe is not None:
         check_modalities(set(getattr(datamodule.probe, "modalities", ())), cfg.model.family, cfg.model.path,
                          what="data.probe (set data.probe=null to train without it)")
-    make_embedder = instantiate(cfg.embed)  # its prompter checks the suffixes here, before the weights load
+    # partials: the prompter checks its suffixes and the module its knobs here, before the weights load
+    preprocess, make_embedder, make_module = instantiate(cfg.preprocess), instantiate(cfg.embed), instantiate(cfg.module)
     backbone = instantiate(cfg.model)
-    embedder = make_embedder(backbone)
-    module = ContrastiveModule(embedder, method=method, loss=loss,
-                               optimizer=instantiate(cfg.optim.optimizer),
-                               scheduler=OmegaConf.to_container(cfg.optim.scheduler),
-                               gradient_checkpointing=cfg.gradient_checkpointing,
-                               fuse_max_padding=cfg.fuse_max_padding,
-                               max_nonfinite_skips=cfg.max_nonfinite_skips)
-    datamodule.attach(embedder.encoder)
+    preprocessor = preprocess(backbone.processor)  # one preprocessing, for the data and the embedder
+    datamodule.attach(preprocessor)
+    embedder = make_embedder(backbone, preprocessor)
+    module = make_module(embedder, method=method, loss=loss, step=step, optimizer=instantiate(cfg.optim.optimizer),
+                         scheduler=instantiate(cfg.optim.scheduler))
     out = Path(cfg.paths.output_dir)
     loggers = [_logger(cfg.logger, resume, out)] if cfg.get("logger") else []
+    built = {"datamodule": datamodule, "preprocessor": preprocessor, "embedder": embedder, "module": module,
+             "loggers": loggers}
     with tracking.finishing(loggers):  # each job of a sweep ends its own W&B run, also when it fails
-        return _fit(cfg, module, datamodule, loggers, extra, resume, out)
+        return _fit(cfg, built, extra, resume, out), built
 
 
-def _fit(cfg: DictConfig, module: ContrastiveModule, datamodule, loggers: list, extra: dict, resume,
-         out: Path) -> dict[str, float]:
-    """Callbacks, trainer, config and provenance on record, validation before, fit, summary."""
+def _fit(cfg: DictConfig, built: dict, extra: dict, resume, out: Path) -> dict[str, float]:
+    """Callbacks, trainer, config and provenance on record, validation before, fit, summary; adds ``callbacks``
+    and ``trainer`` to ``built``."""
+    module, datamodule, loggers = built["module"], built["datamodule"], built["loggers"]
     callbacks = _instantiate_group(cfg.get("callbacks"))
     if datamodule.probe is not None:  # the data's own before/after evaluation (e.g. toy-world held-out scenes)
         callbacks.append(Probe(datamodule.probe, out / "probe.json"))
@@ -124,6 +125,7 @@ def _fit(cfg: DictConfig, module: ContrastiveModule, datamodule, loggers: list, 
     if not loggers:  # logger=none: an LR monitor has nowhere to write (Lightning would refuse to start)
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **extra)
+    built.update(callbacks=callbacks, trainer=trainer)
     if trainer.is_global_zero:
         out.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(OmegaConf.create(redact(OmegaConf.to_container(cfg, resolve=True))), out / "config.yaml")
@@ -153,7 +155,7 @@ def _fit(cfg: DictConfig, module: ContrastiveModule, datamodule, loggers: list, 
 
 def _objective(cfg: DictConfig) -> float | None:
     """``run`` for Hydra: returns ``val/r1`` so sweepers can optimise it."""
-    return run(cfg).get("val/r1")
+    return run(cfg)[0].get("val/r1")
 
 
 main = entry("train", _objective)

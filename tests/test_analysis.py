@@ -72,6 +72,6 @@ def test_load_embedder_reproduces_the_run_and_analyze_writes_files(tmp_path):
 
 
 def _scene_images():
-    from lco.models.tiny import cache_root
+    from lco.cache import cache_root
 
     return (cache_root() / "scenes").glob("*.png")

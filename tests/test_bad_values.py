@@ -17,14 +17,14 @@ CASES = {
     "method.dropout=1.0": "method.dropout=1.0 is not valid: LoRA dropout must be a finite number >= 0 and < 1",
     "method.r=0": "method.r=0 is not valid: LoRA rank must be an integer >= 1",
     "trainer.max_steps=-5": "trainer.max_steps=-5 is not valid",
-    "embed.max_text_tokens=0": "embed.max_text_tokens=0 is not valid",
+    "preprocess.max_text_tokens=0": "preprocess.max_text_tokens=0 is not valid",
     "data.val_size=-1": "data.val_size=-1 is not valid",
-    "loss.cache_chunk=0": "loss.cache_chunk=0 is not valid: GradCache items per chunk",
+    "step.cache_chunk=0": "step.cache_chunk=0 is not valid: GradCache items per chunk",
     "data.on_error=skipp": "data.on_error='skipp' is not valid: use one of raise, skip. Did you mean skip?",
     "optim.scheduler.name=cosin": "optim.scheduler.name='cosin' is not valid: use one of linear, cosine.",
     # these trained before: a word where a flag belongs, the word "None" after every item, a negative share
     "loss.symmetric=maybe": "loss.symmetric='maybe' is not valid: it must be bool.",
-    "embed.prompter.suffixes.text=null": "embed.prompter.suffixes {'text': None} must be text",
+    "preprocess.prompter.suffixes.text=null": "preprocess.prompter.suffixes {'text': None} must be text",
     "data.weights={scenes:-1}": "data.weights {'scenes': -1.0}: each source's share of training steps must be a "
                                 "finite number > 0",
     # these failed inside Lightning or torch after the weights loaded
@@ -56,7 +56,7 @@ def test_every_rule_names_a_key_the_recipe_has(tmp_path):
     from lco.config import VALUE_RULES
     from tests.conftest import compose_train
 
-    cfg = compose_train(tmp_path, ["loss.cache_chunk=8", "data.val_batch_size=8", "data.steps_per_epoch=4"])
+    cfg = compose_train(tmp_path, ["data.val_batch_size=8", "data.steps_per_epoch=4"])
     missing = [key for key, *_ in VALUE_RULES if OmegaConf.select(cfg, key, default="<none>") in ("<none>", None)]
     assert missing == []
 
@@ -73,6 +73,14 @@ KEY_CASES = {
                           "trainer.max_steps",
     "model=tiny_txt": "model=tiny_txt (command line) is not an option of the config group model: the options are",
     "+method.rr=8": "method.rr is not an argument of lco.methods.lora.LoRA",
+    # keys that moved to the group that reads them: an old command line is told the new path
+    "loss.cache_chunk=8": "loss.cache_chunk (command line) is not a key of the config under loss. It is now "
+                          "step.cache_chunk (it moved to the config group that reads it).",
+    "+loss.cache_chunk=8": "loss.cache_chunk is not an argument of lco.losses.InfoNCE; valid keys: temperature, "
+                           "learnable, symmetric, gather, max_scale. It is now step.cache_chunk",
+    "fuse_max_padding=2": "It is now step.fuse_max_padding",
+    "embed.prompter.system=hi": "It is now preprocess.prompter.system",
+    "max_nonfinite_skips=1": "It is now module.max_nonfinite_skips",
 }
 
 

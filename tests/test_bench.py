@@ -17,12 +17,12 @@ def _cfg(tmp_path, extra=()):
 
 def test_plain_loop_and_lco_reach_the_same_weights(tmp_path):
     cfg = _cfg(tmp_path, ["method.dropout=0"])
-    plain_embedder, method, loss = build(cfg)
+    plain_embedder, method, loss, step = build(cfg)
     batches = make_batches(cfg, plain_embedder)
     assert len(batches) == 4 and batches[0]["anchor"]["input_ids"].shape[0] == 8
-    plain_loop(plain_embedder, method, loss, batches, cfg, torch.device("cpu"))
-    lco_embedder, method, loss = build(cfg)
-    times = lco_loop(lco_embedder, method, loss, batches, cfg, "cpu")
+    plain_loop(plain_embedder, method, loss, step, batches, cfg, torch.device("cpu"))
+    lco_embedder, method, loss, step = build(cfg)
+    times = lco_loop(lco_embedder, method, loss, step, batches, cfg, "cpu")
     assert len(times) == 4 and all(t > 0 for t in times)
     trained = {n: p for n, p in plain_embedder.model.named_parameters() if p.requires_grad}
     other = dict(lco_embedder.model.named_parameters())
@@ -42,15 +42,15 @@ def test_paired_steps_leave_both_paths_as_they_run_alone(tmp_path):
     def lora(embedder):
         return {n: p.detach() for n, p in embedder.model.named_parameters() if p.requires_grad}
 
-    plain_alone, method, loss = build(cfg)
+    plain_alone, method, loss, step = build(cfg)
     batches = make_batches(cfg, plain_alone)
-    plain_loop(plain_alone, method, loss, batches, cfg, cpu)
-    lco_alone, method, loss = build(cfg)
-    lco_loop(lco_alone, method, loss, batches, cfg, "cpu")
-    plain_paired, method, loss = build(cfg)
-    paired = Paired(PlainLoop(plain_paired, method, loss, len(batches), cfg, cpu), batches)
-    lco_paired, method, loss = build(cfg)
-    assert lco_loop(lco_paired, method, loss, batches, cfg, "cpu", paired) == paired.times
+    plain_loop(plain_alone, method, loss, step, batches, cfg, cpu)
+    lco_alone, method, loss, step = build(cfg)
+    lco_loop(lco_alone, method, loss, step, batches, cfg, "cpu")
+    plain_paired, method, loss, step = build(cfg)
+    paired = Paired(PlainLoop(plain_paired, method, loss, step, len(batches), cfg, cpu), batches)
+    lco_paired, method, loss, step = build(cfg)
+    assert lco_loop(lco_paired, method, loss, step, batches, cfg, "cpu", paired) == paired.times
     assert len(paired.plain_times) == len(paired.lco_times) == 4 and min(paired.lco_times + paired.plain_times) > 0
     for alone, together in [(plain_alone, plain_paired), (lco_alone, lco_paired)]:
         expected, got = lora(alone), lora(together)

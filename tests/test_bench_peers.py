@@ -23,7 +23,7 @@ def test_st_embeds_lcos_prompts_exactly_as_lco(tmp_path):
     """Same tokens (lco pads left, ST right), same last token after the final norm: the same vectors, LoRA
     included."""
     cfg = peer_cfg(_cfg(tmp_path))
-    embedder, method, _ = build(cfg)
+    embedder, method, _, _ = build(cfg)
     method.apply(embedder)
     with torch.no_grad():  # nonzero lora_B, so the check covers the adapters too
         for name, param in embedder.headless.named_parameters():
@@ -34,9 +34,9 @@ def test_st_embeds_lcos_prompts_exactly_as_lco(tmp_path):
     trainable = {n for n, p in st[0].auto_model.named_parameters() if p.requires_grad}
     assert trainable == set(lora_state(embedder)) and len(trainable) == 2 * 7 * 2  # layers x targets x (A, B)
     items = [{"text": t} for t in ["A small red cube is at the left.", "hi", "There is a blue cone on the top side."]]
-    prompts = embedder.encoder.prompts(items)
+    prompts = embedder.preprocessor.prompts(items)
     features = st.preprocess(prompts)
-    ours = embedder.encoder(items)
+    ours = embedder.preprocessor(items)
     assert ours["attention_mask"][:, 0].min() == 0 and features["attention_mask"][:, -1].min() == 0
     for row in range(len(items)):
         assert torch.equal(features["input_ids"][row][features["attention_mask"][row].bool()],

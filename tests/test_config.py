@@ -36,8 +36,11 @@ def test_every_experiment_smoke_runs(tmp_path, experiment):
     tiny = TINY_FOR[cfg.model.family]  # the real checkpoint needs the hub: run its family's tiny twin
     cfg = compose_train(tmp_path, [f"experiment={experiment}", f"model={tiny}", "data=scenes", "data.sources.scenes.n=256",
                                    "data.batch_size=4", "trainer=cpu", "logger=none", "debug=fdr"])
-    metrics = run(cfg)
-    assert metrics["train/loss"] > 0 and (tmp_path / "adapter" / "adapter_config.json").exists()
+    metrics, built = run(cfg)
+    (loss,) = built["module"].history["train/loss"]  # debug=fdr: one step, whose loss the run reports
+    assert built["trainer"].global_step == 1 and metrics["train/loss"] == pytest.approx(float(loss))
+    saved = list((tmp_path / "adapter").iterdir())
+    assert {"lco_embedding.json", "tokenizer.json"} <= {p.name for p in saved} and any(p.suffix == ".safetensors" for p in saved)
 
 
 def test_unknown_key_fails_before_loading_with_a_hint(tmp_path, monkeypatch):
@@ -74,7 +77,7 @@ def test_yaml_is_the_one_source_of_recipe_defaults():
 
     from hydra.utils import get_object
 
-    base = ["data/base/triplets.yaml", "embed/reference.yaml", "loss/infonce.yaml", "method/lora.yaml",
+    base = ["data/base/triplets.yaml", "preprocess/reference.yaml", "embed/reference.yaml", "step/default.yaml", "loss/infonce.yaml", "method/lora.yaml",
             "method/full.yaml", "method/linear_probe.yaml", "method/clip.yaml", "logger/wandb.yaml",
             "optim/adamw.yaml"]
     differ = []

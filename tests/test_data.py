@@ -93,11 +93,11 @@ def test_datamodule_split_is_seeded_and_disjoint():
 
 
 def test_item_texts_are_cut_to_max_text_tokens_in_one_batch(tiny_backbone):
-    from lco.data.collate import ItemEncoder
+    from lco.preprocess import Preprocessor
     from lco.prompts import Prompter
 
     backbone = tiny_backbone("tiny_text")
-    encoder = ItemEncoder(backbone.processor, Prompter(), max_text_tokens=4)
+    encoder = Preprocessor(backbone.processor, Prompter(), max_text_tokens=4)
     long = "one two three four five six seven eight"
     cut = encoder.truncate([long, "short", long + " nine"])
     assert cut[1] == "short" and cut[0] == cut[2]

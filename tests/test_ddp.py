@@ -28,7 +28,7 @@ def _loss_and_grads(records, rank=0, world=1):
                 p.copy_(torch.randn_like(p, generator=torch.Generator().manual_seed(len(name))) * 0.1)
     share = GLOBAL_BATCH // world
     local = records[rank * share:(rank + 1) * share]
-    batch = {k: embedder.encoder([r[k] if k != "negatives" else r[k][0] for r in local]) for k in ("anchor", "positive", "negatives")}
+    batch = {k: embedder.preprocessor([r[k] if k != "negatives" else r[k][0] for r in local]) for k in ("anchor", "positive", "negatives")}
     loss = InfoNCE(temperature=0.05)(embedder(batch["anchor"]), embedder(batch["positive"]), embedder(batch["negatives"]))
     loss.backward()
     grads = {n: p.grad.clone() for n, p in embedder.named_parameters() if p.requires_grad}
@@ -105,7 +105,7 @@ def test_gradcache_under_ddp_equals_single_process_without_cache(tmp_path):
     Two SGD steps at lr 1 amplify float noise (measured: plain 2-rank DDP differs from one process by 2.5e-5 of
     a tensor's largest entry, GradCache DDP by 3.8e-5), hence the bound of 1e-4 of the largest entry."""
     single = _train_one_step(tmp_path / "one", "cpu", 8, steps=2)
-    cached = _train_one_step(tmp_path / "two", "ddp_cpu", 4, ("loss.cache_chunk=3",), steps=2)
+    cached = _train_one_step(tmp_path / "two", "ddp_cpu", 4, ("step.cache_chunk=3",), steps=2)
     assert single.keys() == cached.keys()
     for key, value in single.items():
         assert float((cached[key] - value).abs().max()) <= 1e-4 * float(value.abs().max()), key

@@ -23,6 +23,7 @@ from lco.models.backbone import load_backbone
 from lco.models.embedder import Embedder
 from lco.models.families import FAMILIES
 from lco.models.loading import load_embedder
+from lco.preprocess import Preprocessor
 from lco.prompts import Prompter
 from tests.conftest import TINY_FAMILIES, run_entry
 
@@ -35,8 +36,8 @@ TOLERANCE = 1e-5
 def make_checkpoint(folder: Path, name: str, method: str, seed: int = 0, **card) -> Path:
     """A trained-looking checkpoint: ``method`` applied to tiny twin ``name``, every trainable tensor moved by noise
     (LoRA's B away from zero, the vision tower for clip), saved by lco.train's own save function."""
-    embedder = Embedder(load_backbone(TINY_FAMILIES[name], f"lco-tiny/{name}", dtype="float32"),
-                        prompter=Prompter(**card) if card else None)
+    backbone = load_backbone(TINY_FAMILIES[name], f"lco-tiny/{name}", dtype="float32")
+    embedder = Embedder(backbone, Preprocessor(backbone.processor, Prompter(**card)) if card else None)
     torch.manual_seed(seed)
     trained = METHODS[method](**ARGS[method])
     trained.apply(embedder)

@@ -35,7 +35,7 @@ def _ckpt(tmp_path, name):
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, nan_at):
     nan_at(3)
-    with pytest.raises(NonFiniteLoss, match=r"train/loss is nan at step 3, so training stopped.*max_nonfinite_skips=N"):
+    with pytest.raises(NonFiniteLoss, match=r"train/loss is nan at step 3, so training stopped.*module.max_nonfinite_skips=N"):
         run(compose_train(tmp_path, RUN))
     last = _ckpt(tmp_path, "last.ckpt")
     assert last["global_step"] == 3 and all(torch.isfinite(t).all() for t in last["state_dict"].values())
@@ -44,7 +44,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, nan
 
 def test_skips_up_to_n_nonfinite_steps_without_updating(tmp_path, nan_at):
     nan_at(3, 5)
-    run(compose_train(tmp_path, RUN + ["max_nonfinite_skips=2"]))
+    run(compose_train(tmp_path, RUN + ["module.max_nonfinite_skips=2"]))
     steps = {p.name for p in (tmp_path / "checkpoints").iterdir()}
     assert "step000008.ckpt" in steps  # the run went to its end
     lora = lambda ckpt: {k: v for k, v in ckpt["state_dict"].items() if "lora_" in k}  # noqa: E731
@@ -57,7 +57,7 @@ def test_skips_up_to_n_nonfinite_steps_without_updating(tmp_path, nan_at):
 def test_one_more_nonfinite_step_than_allowed_stops(tmp_path, nan_at):
     nan_at(2, 3, 4)
     with pytest.raises(NonFiniteLoss, match="at step 4 after skipping 2 such steps"):
-        run(compose_train(tmp_path, RUN + ["max_nonfinite_skips=2"]))
+        run(compose_train(tmp_path, RUN + ["module.max_nonfinite_skips=2"]))
 
 
 def test_guard_and_weight_check_units():
@@ -96,7 +96,7 @@ def test_nan_on_one_ddp_rank_skips_the_step_on_every_rank(tmp_path):
     script = tmp_path / "launch.py"  # Lightning's DDP launcher re-runs this script for rank 1, patch included
     script.write_text(LAUNCHER)
     done = subprocess.run([sys.executable, str(script), *RUN, "trainer=ddp_cpu", "data.batch_size=4",
-                           "trainer.max_steps=4", "max_nonfinite_skips=1", f"hydra.run.dir={tmp_path / 'run'}"],
+                           "trainer.max_steps=4", "module.max_nonfinite_skips=1", f"hydra.run.dir={tmp_path / 'run'}"],
                           capture_output=True, text=True, timeout=300, cwd=os.getcwd(),
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stderr[-3000:]

@@ -48,7 +48,9 @@ def test_temperature_is_logged_when_it_is_learned(tmp_path, learnable):
 
     cfg = compose_train(tmp_path, ["model=tiny_text", "data=scenes", "data.sources.scenes.n=64", "data.batch_size=4",
                                    "trainer=cpu", "logger=none", "debug=fdr", f"loss.learnable={learnable}"])
-    metrics = run(cfg)
-    assert metrics["train/loss"] > 0 and ("train/temperature" in metrics) == learnable
-    if learnable:
-        assert 0 < metrics["train/temperature"] < 1
+    metrics, built = run(cfg)
+    assert ("train/temperature" in metrics) == learnable
+    loss_fn = built["module"].loss_fn
+    assert loss_fn.log_scale.requires_grad is learnable and loss_fn.temperature == pytest.approx(0.03, rel=1e-5)
+    if learnable:  # logged in the one step (debug=fdr; the warmup's first learning rate is 0)
+        assert metrics["train/temperature"] == pytest.approx(0.03, rel=1e-5)

@@ -35,7 +35,7 @@ def test_exactly_the_declared_parameters_change(tiny_backbone, name):
     assert trainable and all(DECLARED[name](n) for n in trainable), sorted(trainable)[:5]
     before = {n: p.detach().clone() for n, p in embedder.named_parameters()}
     records = SceneTriplets(n=8, image_fraction=1.0).load()  # image anchors: the vision side gets gradients
-    batch = TripletCollator(embedder.encoder)(records)
+    batch = TripletCollator(embedder.preprocessor)(records)
     loss_fn = InfoNCE(symmetric=name == "clip")
     optimizer = torch.optim.AdamW([p for p in embedder.parameters() if p.requires_grad], lr=1e-2)
     for _ in range(2):  # LoRA A moves from the second step on (B starts at zero)
@@ -109,7 +109,7 @@ def test_lora_on_bf16_base_skips_the_fp32_input_copy_only_under_autocast():
                 torch.nn.init.normal_(p, std=0.05, generator=torch.Generator().manual_seed(len(name)))
         return emb
 
-    inputs = TripletCollator(embedder("float32").encoder)(SceneTriplets(n=4).load())["anchor"]
+    inputs = TripletCollator(embedder("float32").preprocessor)(SceneTriplets(n=4).load())["anchor"]
     assert skip_upcast_under_autocast(embedder("float32").model) == 0  # fp32 base: no hook at all
     hooked = embedder("bfloat16")
     layers = [m for m in hooked.modules() if hasattr(m, "cast_input_dtype_enabled")]

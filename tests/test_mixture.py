@@ -163,5 +163,6 @@ def test_streamed_only_data_trains_without_validation(tmp_path):
     cfg = compose_train(tmp_path, ["data=jsonl", f"data.sources.jsonl.path={path}", "data.sources.jsonl.streaming=true",
                                    "data.steps_per_epoch=2", "data.batch_size=4", "data.num_workers=0",
                                    "trainer.max_epochs=1", "logger=none", "model=tiny_text"])
-    metrics = run(cfg)
-    assert metrics["train/loss"] > 0 and "val/r1" not in metrics
+    metrics, built = run(cfg)
+    assert built["trainer"].global_step == 2 and len(built["module"].history["train/loss"]) == 2  # steps_per_epoch
+    assert "val/r1" not in metrics and not built["datamodule"].val_records

@@ -44,7 +44,7 @@ def test_one_training_step_per_modality(media, omni, combo, tmp_path):
     path = write_jsonl(root / f"{combo.replace('+', '_')}.jsonl", rows)
     records = TableSource("mm", path=path).load()
     assert records[0]["anchor"].keys() >= ({"text"} if combo == "text" else {combo.split("+")[0]})
-    batch = TripletCollator(omni.encoder)(records)
+    batch = TripletCollator(omni.preprocessor)(records)
     expected = {"image": "pixel_values", "image+text": "pixel_values", "audio": "input_features",
                 "video": "pixel_values_videos"}.get(combo)
     if expected:
@@ -59,7 +59,7 @@ def test_one_training_step_per_modality(media, omni, combo, tmp_path):
 
 def test_video_file_and_frame_folder_give_processor_inputs(media, omni):
     root, files = media
-    encoded = omni.encoder([{"video": str(root / files["mp4"][0])}, {"video": str(root / files["video"][0])}])
+    encoded = omni.preprocessor([{"video": str(root / files["mp4"][0])}, {"video": str(root / files["video"][0])}])
     grid = encoded["video_grid_thw"]
     assert grid.shape == (2, 3) and grid[:, 0].tolist() == [3, 2]  # 6 frames -> 3 pairs; 3 frames padded to 4 -> 2
     assert encoded["pixel_values_videos"].shape[0] == int(grid.prod(dim=1).sum())
@@ -124,7 +124,7 @@ def test_image_bytes_from_a_parquet_table(media, omni, tmp_path):
     pd.DataFrame(rows).to_parquet(tmp_path / "t.parquet")
     records = TableSource("t", path=str(tmp_path / "t.parquet")).load()
     assert records[0]["anchor"]["image"]["bytes"] == png
-    batch = omni.encoder([r["anchor"] for r in records])
+    batch = omni.preprocessor([r["anchor"] for r in records])
     assert batch["image_grid_thw"].shape == (2, 3)
 
 
@@ -135,7 +135,7 @@ def test_collation_runs_in_worker_processes(media, omni):
     dm = TripletDataModule({"scenes": SceneTriplets(n=64, image_fraction=0.5)}, batch_size=4, num_workers=2,
                            val_size=0)
     dm.load()
-    dm.attach(omni.encoder)
+    dm.attach(omni.preprocessor)
     in_workers = list(dm.train_dataloader())
     dm.num_workers = 0
     in_main = list(dm.train_dataloader())

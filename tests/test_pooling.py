@@ -20,7 +20,7 @@ def test_pooled_vector_is_final_norm_state_of_last_real_token(tiny_backbone):
         backbone = tiny_backbone(name)
         embedder = Embedder(backbone, normalize=False).eval()
         items = [{"text": "a"}, {"text": "a much longer sentence about a small red cube on the left"}]
-        batch = embedder.encoder(items)
+        batch = embedder.preprocessor(items)
         assert batch["attention_mask"][0, 0] == 0, "short item must be left-padded"
         pooled = embedder(batch)
         # reference: each prompt alone, no padding; capture the decoder's final norm output
@@ -28,7 +28,7 @@ def test_pooled_vector_is_final_norm_state_of_last_real_token(tiny_backbone):
         norm = embedder.headless.language_model.norm if name == "tiny_omni" else embedder.headless.norm
         handle = norm.register_forward_hook(lambda m, i, o: captured.append(o))
         for row, item in enumerate(items):
-            single = embedder.encoder([item])
+            single = embedder.preprocessor([item])
             with torch.no_grad():
                 backbone.model(**single, use_cache=False)
             assert torch.allclose(pooled[row], captured[-1][0, -1], atol=1e-5), name

@@ -18,22 +18,8 @@ def test_short_run_learns_and_touches_only_decoder_lora(tmp_path):
     base = load_backbone("qwen2_5_omni", "lco-tiny/tiny_omni").model.state_dict()
     cfg = compose_train(tmp_path, ["model=tiny_omni", "data=scenes", "data.sources.scenes.n=640", "data.val_size=64", "data.batch_size=16", "trainer.max_epochs=1",
                                    "optim.scheduler.warmup_steps=5", "logger=none", "validate_before=true"])
-    from lco import train as train_mod
-
-    seen = {}
-    original = train_mod.ContrastiveModule
-
-    class Spy(original):
-        def __init__(self, *a, **k):
-            super().__init__(*a, **k)
-            seen["module"] = self
-
-    train_mod.ContrastiveModule = Spy
-    try:
-        metrics = run(cfg)
-    finally:
-        train_mod.ContrastiveModule = original
-    module = seen["module"]
+    metrics, built = run(cfg)
+    module = built["module"]
     losses = [float(loss) for loss in module.history["train/loss"]]
     assert len(losses) == 36
     assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5, losses
@@ -87,7 +73,7 @@ def test_nonreentrant_checkpointing_gives_the_same_gradients(tiny_backbone):
             embedder.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             assert embedder.headless.gradient_checkpointing
         items = [{"text": f"a {c} cube"} for c in ("red", "green", "blue", "black")]
-        a, p = embedder(embedder.encoder(items)), embedder(embedder.encoder(items[::-1]))
+        a, p = embedder(embedder.preprocessor(items)), embedder(embedder.preprocessor(items[::-1]))
         InfoNCE()(a, p).backward()
         grads.append({n: q.grad for n, q in embedder.named_parameters() if q.requires_grad})
     assert grads[0].keys() == grads[1].keys()
@@ -100,7 +86,7 @@ def test_wandb_offline_writes_a_local_run(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     cfg = compose_train(tmp_path, ["logger=wandb", "logger.mode=offline", "model=tiny_text", "debug=limit",
                                    "data=scenes", "data.sources.scenes.n=128", "data.batch_size=8", "validate_before=false"])
-    metrics = run(cfg)
+    metrics, _ = run(cfg)
     (found,) = tmp_path.rglob("offline-run-*")
     wb = read_run(found)
     # a single run is named and grouped by its task; its summary holds the final loss lco returned

@@ -68,7 +68,7 @@ def test_lco_assembly_equals_the_torchvision_processor(name, media):
         batches["audio"] = [{"audio": str(root / f)} for f in files["audio"]]
     found = {}
     for kind, items in batches.items():
-        a, b = real.encoder(items), ours.encoder(items)
+        a, b = real.preprocessor(items), ours.preprocessor(items)
         assert a.keys() == b.keys(), kind
         for key in a:
             if a[key].dtype.is_floating_point:

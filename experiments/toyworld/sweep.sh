@@ -4,8 +4,8 @@
 # Env: PY (python, default .venv/bin/python), OUT (default logs/toyworld), SEEDS (default 0,1,2),
 #      JOBS (Hydra multiruns run side by side, default 2, each with one thread),
 #      SNAPSHOTS (scaling: a `python -m lco.pretrain ... snapshots=[...]` run folder).
-# lightness starts from the reference recipe (~tuned); controls, methods and scaling use the stage this study
-# chose, conf/tuned/toyworld.yaml, which lco applies whenever data=toyworld.
+# lightness starts from the reference recipe (64 steps: data.sources.scenes.n=1024); controls, methods and scaling
+# use the stage this study chose, which conf/data/toyworld.yaml holds (16 steps: n=256).
 set -euo pipefail
 export PY=${PY:-.venv/bin/python} OUT=${OUT:-logs/toyworld} SEEDS=${SEEDS:-0,1,2} OMP_NUM_THREADS=1
 JOBS=${JOBS:-2}
@@ -27,14 +27,14 @@ sweeps() {
 
 lightness() {  # one factor at a time around the reference stage: lr 4e-4, r 64, T 0.03, all layers, 64 steps
   sweeps lightness <<'LINES'
-~tuned
-~tuned optim.optimizer.lr=1e-4,3e-5
-~tuned data.sources.scenes.n=256,2048
-~tuned method.r=4 method.alpha=8
-~tuned method.r=16 method.alpha=32
-~tuned method.layers=[2,3],[0,1]
-~tuned loss.temperature=0.1,0.01
-~tuned data.sources.scenes.templates=2
+data.sources.scenes.n=1024
+data.sources.scenes.n=1024 optim.optimizer.lr=1e-4,3e-5
+data.sources.scenes.n=256,2048
+data.sources.scenes.n=1024 method.r=4 method.alpha=8
+data.sources.scenes.n=1024 method.r=16 method.alpha=32
+data.sources.scenes.n=1024 method.layers=[2,3],[0,1]
+data.sources.scenes.n=1024 loss.temperature=0.1,0.01
+data.sources.scenes.n=1024 data.sources.scenes.templates=2
 LINES
   "$PY" -m lco.report "$OUT/lightness"
 }
@@ -45,14 +45,14 @@ controls() {  # the chosen stage, the image-text positive control and the random
 experiment=toyworld
 experiment=toyworld_positive
 experiment=toyworld_random
-experiment=toyworld_positive ~tuned
-experiment=toyworld_positive ~tuned data.sources.scenes.n=2048
+experiment=toyworld_positive data.sources.scenes.n=1024
+experiment=toyworld_positive data.sources.scenes.n=2048
 LINES
   "$PY" -m lco.report "$OUT/controls"
   # in distribution: the same 128-step stages scored on the 267 training combinations instead of held-out ones
   sweeps controls_train_scenes <<'LINES'
-~tuned data.sources.scenes.n=2048 data.probe.split=train
-experiment=toyworld_positive ~tuned data.sources.scenes.n=2048 data.probe.split=train
+data.sources.scenes.n=2048 data.probe.split=train
+experiment=toyworld_positive data.sources.scenes.n=2048 data.probe.split=train
 LINES
   "$PY" -m lco.report "$OUT/controls_train_scenes"
 }

@@ -24,7 +24,7 @@ def layer_states(embedder, items: list[dict], batch_size: int = 16) -> torch.Ten
     device = next(embedder.model.parameters()).device
     chunks = []
     for start in range(0, len(items), batch_size):
-        batch = {k: v.to(device) for k, v in embedder.encoder(items[start: start + batch_size]).items()}
+        batch = {k: v.to(device) for k, v in embedder.preprocessor(items[start: start + batch_size]).items()}
         outputs: list[torch.Tensor] = []
         hooks = [layer.register_forward_hook(
             lambda _m, _i, out: outputs.append(out[0] if isinstance(out, tuple) else out)) for layer in layers]

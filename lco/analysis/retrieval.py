@@ -4,6 +4,7 @@
 every target is a candidate; scores are dot products (cosine for normalised inputs).
 ``directional_recalls(anchors, positives, anchor_modality, positive_modality)`` groups pairs by modality and
 returns ``{"t2t_r1": ..., "i2t_r1": ..., "t2i_r1": ..., ...}`` for every group with at least two pairs.
+``retrieval_metrics`` is both: the metrics lco reports for a validation set (training, soups).
 """
 
 from __future__ import annotations
@@ -38,3 +39,12 @@ def directional_recalls(anchors: torch.Tensor, positives: torch.Tensor, anchor_m
             for k, value in recall_at(p, a, ks).items():
                 out[f"{SHORT[p_mod]}2{SHORT[a_mod]}_r{k}"] = value
     return out
+
+
+def retrieval_metrics(anchors: torch.Tensor, positives: torch.Tensor, anchor_modality: list[str],
+                      positive_modality: list[str]) -> dict[str, float]:
+    """``{"r1", "r5"}`` over all pairs (all anchors -> all positives) plus ``directional_recalls``' per modality
+    pair: what ``val/`` holds in training and what ``lco.soup`` scores."""
+    metrics = {f"r{k}": v for k, v in recall_at(anchors, positives).items()}
+    metrics.update(directional_recalls(anchors, positives, anchor_modality, positive_modality))
+    return metrics

@@ -116,14 +116,15 @@ def _backbone(cfg: DictConfig, device: torch.device):
 
 
 def _module(cfg: DictConfig, device: torch.device, chunk: int | None):
+    from lco.models.embedder import configured
     from lco.module import ContrastiveModule
 
     backbone = _backbone(cfg, device)
     with open_dict(cfg):
-        cfg.loss.cache_chunk = chunk
-    module = ContrastiveModule(instantiate(cfg.embed)(backbone), instantiate(cfg.method), instantiate(cfg.loss),
-                               partial(torch.optim.AdamW, lr=1e-4),
-                               gradient_checkpointing=cfg.gradient_checkpointing).to(device)
+        cfg.step.cache_chunk = chunk
+    module = ContrastiveModule(configured(cfg, backbone), instantiate(cfg.method), instantiate(cfg.loss),
+                               instantiate(cfg.step), partial(torch.optim.AdamW, lr=1e-4),
+                               gradient_checkpointing=cfg.gradient_checkpointing, max_nonfinite_skips=0).to(device)
     if cfg.gradient_checkpointing:
         module.embedder.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return module

@@ -2,8 +2,8 @@
 
 The same model, LoRA, InfoNCE, AdamW with its schedule, and the same pre-collated batches, trained through lco
 (``ContrastiveModule`` under a Lightning ``Trainer`` with ``conf/callbacks/default.yaml``'s Rich progress bar, as
-``lco.train`` builds it) and through a hand-written PyTorch loop doing the same forward, backward and optimizer
-work (``PlainLoop``, on its own copy of the model). The two alternate step by step in one process (``Paired``:
+``lco.train`` builds it) and through a hand-written PyTorch loop around the same ``Step`` (plan, forward, loss),
+then backward and the optimizer (``PlainLoop``, on its own copy of the model). The two alternate step by step in one process (``Paired``:
 plain step i, then lco step i), so a change in machine load or clock hits both alike; on a shared machine that
 drifts by 10-20% over seconds, runs timed one after the other could not resolve a 5% difference. Reported per
 round: the median step after ``warmup`` steps of each path, their ratio lco / plain (issue 7's goal: <= 1.05)
@@ -26,10 +26,10 @@ from pytorch_lightning.utilities import move_data_to_device
 from torch.utils.data import DataLoader
 
 from lco.data.collate import TripletCollator
-from lco.gradcache import RngState
-from lco.models.batching import fuse
+from lco.models.embedder import configured
 from lco.module import ContrastiveModule
 from lco.optim import build_scheduler
+from lco.step.gradcache import RngState
 
 
 def _sync(device: torch.device) -> None:
@@ -38,17 +38,16 @@ def _sync(device: torch.device) -> None:
 
 
 def build(cfg: DictConfig):
-    """A fresh (embedder, method, loss), identical for every call with the same ``cfg.seed``; the caller applies
-    the method (``ContrastiveModule`` does it itself), so both paths draw the same LoRA init."""
+    """A fresh (embedder, method, loss, step), identical for every call with the same ``cfg.seed``; the caller
+    applies the method (``ContrastiveModule`` does it itself), so both paths draw the same LoRA init."""
     pl.seed_everything(cfg.seed, verbose=False)
-    embedder = instantiate(cfg.embed)(instantiate(cfg.model))
-    return embedder, instantiate(cfg.method), instantiate(cfg.loss)
+    return configured(cfg), instantiate(cfg.method), instantiate(cfg.loss), instantiate(cfg.step)
 
 
 def make_batches(cfg: DictConfig, embedder, times: list[float] | None = None) -> list[dict]:
     """``cfg.steps`` collated batches; appends each collation's wall seconds to ``times`` if given."""
     records = instantiate(cfg.source, n=cfg.batch_size * cfg.steps).load()
-    collate = TripletCollator(embedder.encoder)
+    collate = TripletCollator(embedder.preprocessor)
     batches = []
     for i in range(0, len(records), cfg.batch_size):
         start = time.perf_counter()
@@ -65,18 +64,18 @@ def counted(times: list[float], warmup: int) -> list[float]:
 
 
 class PlainLoop:
-    """The floor: a hand-written training step (embed the sides, fused into one pass as lco does when padding
-    allows, loss, backward, AdamW, schedule) on its own model. It draws dropout from its own saved RNG state, so
-    running its steps between lco's changes neither path's random stream."""
+    """The floor: a hand-written training step (the ``Step``'s plan, forward passes and loss; backward, AdamW,
+    schedule) on its own model. It draws dropout from its own saved RNG state, so running its steps between lco's
+    changes neither path's random stream."""
 
-    def __init__(self, embedder, method, loss_fn, total_steps: int, cfg: DictConfig, device: torch.device):
+    def __init__(self, embedder, method, loss_fn, step, total_steps: int, cfg: DictConfig, device: torch.device):
         method.apply(embedder)
         self.embedder, self.loss_fn, self.device = embedder.to(device).train(), loss_fn.to(device), device
+        self.shared_step = step  # the Step ContrastiveModule calls: plan, forward passes, loss
         params = [p for p in embedder.parameters() if p.requires_grad] + [p for p in loss_fn.parameters()
                                                                               if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr)
         self.scheduler = build_scheduler(self.optimizer, total_steps, "linear", cfg.warmup_steps)
-        self.pad_id, self.max_padding = embedder.encoder.tokenizer.pad_token_id, cfg.fuse_max_padding
         self.rng = RngState(device)  # CPU and (on CUDA) this device's random state
 
     def step(self, batch: dict) -> float:
@@ -92,23 +91,18 @@ class PlainLoop:
         return seconds
 
     def _step(self, batch: dict) -> None:
-        sides = [batch["anchor"], batch["positive"]] + ([batch["negative"]] if batch["negative"] is not None else [])
-        out = [None] * len(sides)
-        for inputs, members in fuse(sides, self.pad_id, self.max_padding):  # lco's default: one pass if it fits
-            vectors = self.embedder(move_data_to_device(inputs, self.device))  # what Lightning does for lco
-            for i, part in zip(members, vectors.split([sides[i]["input_ids"].shape[0] for i in members])):
-                out[i] = part
-        loss = self.loss_fn(*out) if len(out) == 3 else self.loss_fn(*out, None)
+        planned = self.shared_step.plan(batch, self.embedder.pad_token_id, self.embedder.placeholder_ids)
+        loss = self.shared_step.loss(self.embedder, self.loss_fn, move_data_to_device(planned, self.device))
         loss.backward()
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
 
 
-def plain_loop(embedder, method, loss_fn, batches: list[dict], cfg: DictConfig,
+def plain_loop(embedder, method, loss_fn, step, batches: list[dict], cfg: DictConfig,
                device: torch.device) -> list[float]:
     """``PlainLoop`` over ``batches`` on its own; returns seconds per step."""
-    loop = PlainLoop(embedder, method, loss_fn, len(batches), cfg, device)
+    loop = PlainLoop(embedder, method, loss_fn, step, len(batches), cfg, device)
     return [loop.step(batch) for batch in batches]
 
 
@@ -160,14 +154,14 @@ class Paired(StepTimer):
         return self.lco_times
 
 
-def lco_loop(embedder, method, loss_fn, batches: list[dict], cfg: DictConfig, accelerator: str,
+def lco_loop(embedder, method, loss_fn, step, batches: list[dict], cfg: DictConfig, accelerator: str,
              timer: StepTimer | None = None, extra: list[pl.Callback] = ()) -> list[float]:
     """Train ``batches`` through ``ContrastiveModule`` under a Lightning ``Trainer`` (with ``extra`` callbacks);
     returns ``timer.times`` (a fresh ``StepTimer`` unless given)."""
-    module = ContrastiveModule(embedder, method=method, loss=loss_fn,
+    module = ContrastiveModule(embedder, method=method, loss=loss_fn, step=step,
                                optimizer=partial(torch.optim.AdamW, lr=cfg.lr),
-                               scheduler={"name": "linear", "warmup_steps": cfg.warmup_steps},
-                               gradient_checkpointing=False, fuse_max_padding=cfg.fuse_max_padding)
+                               scheduler=partial(build_scheduler, name="linear", warmup_steps=cfg.warmup_steps),
+                               gradient_checkpointing=False, max_nonfinite_skips=0)
     timer = timer or StepTimer()
     trainer = pl.Trainer(accelerator=accelerator, devices=1, max_steps=len(batches), logger=False,
                          enable_checkpointing=False, callbacks=[timer, *extra, instantiate(cfg.callbacks.progress_bar)],
@@ -181,11 +175,11 @@ def part_a(cfg: DictConfig, device: torch.device) -> tuple[dict, list[str]]:
     accelerator = "gpu" if device.type == "cuda" else "cpu"
     rounds, collate_s = [], []
     for _ in range(cfg.rounds):
-        embedder, method, loss_fn = build(cfg)
+        embedder, method, loss_fn, step = build(cfg)
         batches = make_batches(cfg, embedder, collate_s)
-        paired = Paired(PlainLoop(embedder, method, loss_fn, len(batches), cfg, device), batches)
-        embedder, method, loss_fn = build(cfg)
-        lco = counted(lco_loop(embedder, method, loss_fn, batches, cfg, accelerator, paired), cfg.warmup)
+        paired = Paired(PlainLoop(embedder, method, loss_fn, step, len(batches), cfg, device), batches)
+        embedder, method, loss_fn, step = build(cfg)
+        lco = counted(lco_loop(embedder, method, loss_fn, step, batches, cfg, accelerator, paired), cfg.warmup)
         plain = counted(paired.plain_times, cfg.warmup)
         rounds.append({"plain_s": statistics.median(plain), "lco_s": statistics.median(lco),
                        "pair_ratio": statistics.median(b / a for a, b in zip(plain, lco))})

@@ -41,13 +41,14 @@ def measure_point(cfg: DictConfig, batch_size: int, chunk: int | None) -> dict:
     """One training step at ``batch_size`` triplets (GradCache chunk ``chunk`` items, or none); memory in MiB."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with open_dict(cfg):
-        cfg.loss.cache_chunk = chunk
-    embedder, method, loss_fn = build(cfg)
-    module = ContrastiveModule(embedder, method=method, loss=loss_fn, optimizer=partial(torch.optim.AdamW, lr=cfg.lr),
-                               gradient_checkpointing=False, fuse_max_padding=cfg.fuse_max_padding).to(device)
+        cfg.step.cache_chunk = chunk
+    embedder, method, loss_fn, step = build(cfg)
+    module = ContrastiveModule(embedder, method=method, loss=loss_fn, step=step,
+                               optimizer=partial(torch.optim.AdamW, lr=cfg.lr), gradient_checkpointing=False,
+                               max_nonfinite_skips=0).to(device)
     optimizer = module.configure_optimizers()
     records = instantiate(cfg.source, n=batch_size).load()
-    batch = move_data_to_device(module.on_before_batch_transfer(TripletCollator(embedder.encoder)(records), 0), device)
+    batch = move_data_to_device(module.on_before_batch_transfer(TripletCollator(embedder.preprocessor)(records), 0), device)
     tokens = sum(int(p["inputs"]["attention_mask"].sum()) for p in batch["passes"])
     if device.type == "cuda":
         torch.cuda.synchronize()

@@ -2,7 +2,7 @@
 
 (b) Training throughput (triplets/s): lco (``ContrastiveModule`` under Lightning, through part (a)'s ``lco_loop``)
 against ST's own trainer (``SentenceTransformerTrainer`` + ``CachedMultipleNegativesRankingLoss``, GradCache with
-``mini_batch_size = peers.chunk``), compared with lco's GradCache at the same chunk (``loss.cache_chunk``); lco
+``mini_batch_size = peers.chunk``), compared with lco's GradCache at the same chunk (``step.cache_chunk``); lco
 without the cache (its default) is reported for context. Like for like: the same weights (``peer_model``, loaded
 from the same folder; ST's LoRA gets lco's targets, r, alpha, dropout and lco's initial adapter tensors), the same
 prompt strings (ST is fed the chat prompts lco renders; tokens, left padding and last-token pooling then agree),
@@ -44,12 +44,12 @@ SIDES = ("anchor", "positive", "negative")
 
 def peer_cfg(cfg: DictConfig, cache_chunk: int | None = None) -> DictConfig:
     """``cfg`` with ``model`` = ``peer_model``, ``source`` = ``peers.source``, part (b)'s sizes and
-    ``loss.cache_chunk``."""
+    ``step.cache_chunk``."""
     out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     with open_dict(out):
         out.model, out.source = out.peer_model, out.peers.source
         out.batch_size, out.steps = out.peers.batch_size, out.peers.steps
-        out.loss.cache_chunk = cache_chunk
+        out.step.cache_chunk = cache_chunk
     return out
 
 
@@ -62,7 +62,7 @@ def load_records(cfg: DictConfig) -> list[dict]:
 
 
 def st_columns(encoder, records: list[dict]) -> dict[str, list[str]]:
-    """The exact prompt strings lco feeds the model (``ItemEncoder.prompts``), one column per side."""
+    """The exact prompt strings lco feeds the model (``Preprocessor.prompts``), one column per side."""
     return {side: encoder.prompts([r[side] if side != "negative" else r["negatives"][0] for r in records])
             for side in SIDES}
 
@@ -189,9 +189,9 @@ def st_train(st, columns: dict[str, list[str]], cfg: DictConfig, scale: float, c
 def lco_train(cfg: DictConfig, records: list[dict], device: torch.device, callback: pl.Callback | None = None):
     """One lco run (part (a)'s ``lco_loop``, plus ``callback``) collating ``records`` live; returns (seconds per
     step, embedder)."""
-    embedder, method, loss_fn = build(cfg)
-    batches = LazyBatches(records, TripletCollator(embedder.encoder), cfg.batch_size)
-    times = lco_loop(embedder, method, loss_fn, batches, cfg, "gpu" if device.type == "cuda" else "cpu",
+    embedder, method, loss_fn, step = build(cfg)
+    batches = LazyBatches(records, TripletCollator(embedder.preprocessor), cfg.batch_size)
+    times = lco_loop(embedder, method, loss_fn, step, batches, cfg, "gpu" if device.type == "cuda" else "cpu",
                      extra=[callback] if callback else [])
     return times, embedder
 
@@ -199,9 +199,9 @@ def lco_train(cfg: DictConfig, records: list[dict], device: torch.device, callba
 def lco_start(cfg: DictConfig, records: list[dict]):
     """lco's starting point, as its run draws it (same seed): (embedder with LoRA, method, ST's text columns,
     scale = 1 / temperature)."""
-    embedder, method, loss_fn = build(cfg)
+    embedder, method, loss_fn, _ = build(cfg)
     method.apply(embedder)
-    return embedder, method, st_columns(embedder.encoder, records), float(loss_fn.scale())
+    return embedder, method, st_columns(embedder.preprocessor, records), float(loss_fn.scale())
 
 
 def st_run(cfg: DictConfig, start, method, columns: dict[str, list[str]], scale: float, chunk: int,
@@ -238,7 +238,7 @@ def part_b(cfg: DictConfig, device: torch.device) -> tuple[dict, list[str]]:
     result = {"what": "training triplets/s, lco / sentence-transformers (CachedMNRL, mini_batch_size = chunk)",
               "model": base.model.path, "batch_size": p.batch_size, "steps": p.steps, "warmup": p.warmup,
               "chunk": p.chunk, "rounds": rounds, "goal": ">= 1.2",
-              "lco_prompt_s_per_batch": render_seconds(start.encoder, records[: 4 * p.batch_size], p.batch_size)}
+              "lco_prompt_s_per_batch": render_seconds(start.preprocessor, records[: 4 * p.batch_size], p.batch_size)}
     for key in rounds[0]:
         result[f"{key}_median"] = statistics.median(r[key] for r in rounds)
     for key in ("st_cached_s", "lco_cached_s", "lco_s"):
@@ -249,14 +249,14 @@ def part_b(cfg: DictConfig, device: torch.device) -> tuple[dict, list[str]]:
              f"Model `{base.model.path}` with LoRA r={base.method.r}, alpha={base.method.alpha} on the same modules "
              f"and the same initial adapter; batch {p.batch_size} text triplets (1 hard negative), chunk "
              f"{p.chunk} (ST `CachedMultipleNegativesRankingLoss(mini_batch_size={p.chunk})`, lco "
-             f"`loss.cache_chunk={p.chunk}`), scale 1/{base.loss.temperature:g}, AdamW lr {base.lr}, {p.steps} steps per run (first "
+             f"`step.cache_chunk={p.chunk}`), scale 1/{base.loss.temperature:g}, AdamW lr {base.lr}, {p.steps} steps per run (first "
              f"{p.warmup} and the last not counted). The cached trainers take turns step by step (coroutines in one "
              "thread: `lco/bench/turns.py`), so load changes hit both alike; lco uncached runs after "
              "them, alone. Both tokenize inside the step; lco also prepares the chat prompts there "
              f"({1000 * result['lco_prompt_s_per_batch']:.1f} ms per batch; ST was given them). lco's cached step embeds "
              "the three sides in one pass sorted by length, in chunks filled up to the padded tokens of "
              f"{p.chunk} of the longest items (same peak activation memory, fewer passes); uncached, it fuses them "
-             f"when padding allows (`fuse_max_padding={base.get('fuse_max_padding')}`).", "",
+             f"when padding allows (`step.fuse_max_padding={base.step.fuse_max_padding}`).", "",
              "| round | ST cached s/step | lco cached s/step | lco uncached s/step | cached: lco / ST triplets/s "
              "| median per-step ratio | uncached lco / ST cached |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {i} | {r['st_cached_s']:.4f} | {r['lco_cached_s']:.4f} | {r['lco_s']:.4f} | "
@@ -272,14 +272,14 @@ def part_b(cfg: DictConfig, device: torch.device) -> tuple[dict, list[str]]:
 def part_d(cfg: DictConfig, device: torch.device) -> tuple[dict, list[str]]:
     p = cfg.peers
     base = peer_cfg(cfg)
-    embedder, _, _ = build(base)
+    embedder = build(base)[0]
     embedder.to(device).eval()
     st = st_model(base, device)
     st.eval()
     source = instantiate(base.source, n=p.encode_items).load()
     items = [r["anchor"] for r in source]
     start = time.perf_counter()
-    prompts = embedder.encoder.prompts(items)
+    prompts = embedder.preprocessor.prompts(items)
     prompt_s = time.perf_counter() - start  # lco's encode does this inside its timing; ST is given the prompts
     embedder.encode(items[: p.encode_batch], p.encode_batch)  # warm both once
     st.encode(prompts[: p.encode_batch], batch_size=p.encode_batch, show_progress_bar=False)

@@ -1,79 +1,13 @@
-"""Records -> chat prompts -> processor tensors. Runs inside DataLoader workers.
-
-``ItemEncoder`` turns a list of items into one left-padded processor batch: ``input_ids`` [N, T],
-``attention_mask`` [N, T], plus ``pixel_values``/``image_grid_thw`` (images), ``pixel_values_videos``/
-``video_grid_thw`` (videos), ``input_features``/``feature_attention_mask`` (audio) where items carry media.
-Media are loaded here (see ``media.py``): images fitted in ``image_max_size``, audio resampled to the
-feature extractor's rate and cut to ``audio_max_seconds``, videos sampled to ``video_max_frames`` frames.
-``TripletCollator`` applies it to the anchor, positive and negative columns of a list of records.
-"""
+"""Records -> processor batches: ``TripletCollator`` applies the ``Preprocessor`` (``lco/preprocess.py``) to the
+anchor, positive and negative columns of a list of records. Runs inside DataLoader workers."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
-from lco.data.media import load_audio, load_image, load_video
 from lco.errors import MediaError, RecordError
-from lco.prompts import Prompter
-
-
-@dataclass
-class ItemEncoder:
-    processor: object
-    prompter: Prompter
-    max_text_tokens: int = 650
-    image_max_size: int = 700
-    audio_max_seconds: float = 30.0
-    video_max_frames: int = 16
-
-    @property
-    def tokenizer(self):
-        return getattr(self.processor, "tokenizer", self.processor)
-
-    def truncate(self, texts: list[str]) -> list[str]:
-        """Cut each item's own text to ``max_text_tokens`` tokens (the prompt around it is kept whole). One
-        batched tokenizer call for the texts that could be too long; only those that are get decoded back."""
-        # a byte-level BPE token covers at least one UTF-8 byte: texts of <= max_text_tokens bytes need no check
-        long = [i for i, text in enumerate(texts) if len(text.encode()) > self.max_text_tokens]
-        if not long:
-            return list(texts)
-        ids = self.tokenizer([texts[i] for i in long], add_special_tokens=False)["input_ids"]
-        out = list(texts)
-        for i, row in zip(long, ids):
-            if len(row) > self.max_text_tokens:
-                out[i] = self.tokenizer.decode(row[: self.max_text_tokens])
-        return out
-
-    def _media(self, items: list[dict]) -> dict:
-        media: dict[str, list] = {"images": [], "videos": [], "audio": []}
-        for item in items:  # placeholder order = item order, image/video/audio within an item
-            if item.get("image") is not None:
-                media["images"].append(load_image(item["image"], self.image_max_size))
-            if item.get("video") is not None:
-                media["videos"].append(load_video(item["video"], self.video_max_frames, self.image_max_size))
-            if item.get("audio") is not None:
-                rate = self.processor.feature_extractor.sampling_rate
-                media["audio"].append(load_audio(item["audio"], rate, self.audio_max_seconds))
-        return {k: v for k, v in media.items() if v}
-
-    def prompts(self, items: list[dict]) -> list[str]:
-        """The chat prompt string of each item, its text cut to ``max_text_tokens`` (what the model reads)."""
-        with_text = [i for i, item in enumerate(items) if item.get("text")]
-        cut = dict(zip(with_text, self.truncate([items[i]["text"] for i in with_text])))
-        return [self.prompter.render(self.processor, {**item, "text": cut[i]} if i in cut else item)
-                for i, item in enumerate(items)]
-
-    def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
-        prompts = self.prompts(items)
-        kwargs = dict(padding=True, padding_side="left", return_tensors="pt")
-        if self.processor is self.tokenizer:
-            if any(item.get(m) is not None for item in items for m in ("image", "video", "audio")):
-                raise RecordError("a text-only model was given image/audio/video items; use a multimodal model.")
-            return dict(self.tokenizer(prompts, add_special_tokens=False, **kwargs))
-        encoded = self.processor(text=prompts, add_special_tokens=False, **self._media(items), **kwargs)
-        return {k: v for k, v in encoded.items() if isinstance(v, torch.Tensor)}
+from lco.preprocess import Preprocessor
+from lco.prompts import modality
 
 
 @dataclass
@@ -85,7 +19,7 @@ class TripletCollator:
     modality names each item's kind (``text``, ``image``, ``audio``, ``video``, ``mixed``).
     """
 
-    encoder: ItemEncoder
+    preprocessor: Preprocessor
 
     def __call__(self, records: list[dict]) -> dict:
         counts = {len(r["negatives"]) for r in records}
@@ -95,11 +29,11 @@ class TripletCollator:
         k = counts.pop()
         try:
             return {
-                "anchor": self.encoder([r["anchor"] for r in records]),
-                "positive": self.encoder([r["positive"] for r in records]),
-                "negative": self.encoder([neg for r in records for neg in r["negatives"]]) if k else None,
+                "anchor": self.preprocessor([r["anchor"] for r in records]),
+                "positive": self.preprocessor([r["positive"] for r in records]),
+                "negative": self.preprocessor([neg for r in records for neg in r["negatives"]]) if k else None,
                 "num_negatives": k,
-                "modality": {side: [self.encoder.prompter.modality(r[side]) for r in records]
+                "modality": {side: [modality(r[side]) for r in records]
                              for side in ("anchor", "positive")},
             }
         except MediaError as err:

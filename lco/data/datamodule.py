@@ -1,8 +1,8 @@
 """The LightningDataModule: named sources, a mix of them, a validation split, collation into processor tensors.
 
 Life cycle (see ``lco/train.py``): ``load()`` reads and validates records *before* any model loads (in-memory
-sources wholly; streamed sources up to their first record); ``attach(encoder)`` hands over the model's
-processor/prompt encoder; Lightning then asks for dataloaders. Train batches hold ``batch_size`` triplets per
+sources wholly; streamed sources up to their first record); ``attach(preprocessor)`` hands over the
+preprocessing (``lco/preprocess.py``, built with the model's processor); Lightning then asks for dataloaders. Train batches hold ``batch_size`` triplets per
 device (global batch = batch_size x devices x nodes), each global batch from one source (see ``mixture.py``).
 Validation runs the whole validation set on every rank, so retrieval metrics are exact under DDP.
 """
@@ -16,10 +16,11 @@ import random
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
-from lco.data.collate import ItemEncoder, TripletCollator
+from lco.data.collate import TripletCollator
 from lco.data.mixture import MixtureBatches, ResumableLoader, SourceReader
 from lco.data.records import MEDIA, ErrorPolicy
 from lco.errors import ConfigError, RecordError
+from lco.preprocess import Preprocessor
 
 
 class TripletDataModule(pl.LightningDataModule):
@@ -122,13 +123,14 @@ class TripletDataModule(pl.LightningDataModule):
         """Training records per source (None: a stream of unknown size)."""
         return {n: len(self.records[n]) if n in self.records else self.sources[n].num_rows for n in self.sources}
 
-    def attach(self, encoder: ItemEncoder) -> None:
-        self.collator = TripletCollator(encoder)
+    def attach(self, preprocessor: Preprocessor) -> None:
+        """Collate batches with ``preprocessor`` (built by ``lco.train`` once the backbone's processor is loaded)."""
+        self.collator = TripletCollator(preprocessor)
 
     def setup(self, stage: str | None = None) -> None:
         self.load()
         if self.collator is None:
-            raise RuntimeError("TripletDataModule.attach(encoder) must be called before training starts.")
+            raise RuntimeError("TripletDataModule.attach(preprocessor) must be called before training starts.")
 
     def train_batches(self, world_size: int = 1, rank: int = 0) -> MixtureBatches:
         sizes = self.sizes()

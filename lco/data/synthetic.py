@@ -137,7 +137,7 @@ class SceneTriplets:
 
 def scene_image_path(scene: dict, image_dir: str | None = None) -> str:
     """The scene's PNG, rendered once under ``image_dir`` (default: the lco cache) and reused."""
-    from lco.models.tiny import cache_root
+    from lco.cache import cache_root
 
     folder = Path(image_dir) if image_dir else cache_root() / "scenes"
     path = folder / ("{size}_{colour}_{shape}_{position}.png".format(**scene))

@@ -49,6 +49,8 @@ def _top1(queries: torch.Tensor, corpus: torch.Tensor, exclude_self: bool = Fals
 
 def _top1_hits(queries: torch.Tensor, corpus: torch.Tensor, query_ids: torch.Tensor, corpus_ids: torch.Tensor,
                exclude_self: bool = False) -> list[int]:
+    """Per query, 1 if its top corpus item shares its scene id, else 0. Not ``lco.analysis.retrieval.recall_at``:
+    a query here has several relevant items (a scene's captions) and the paired statistics need per-query hits."""
     return (corpus_ids[_top1(queries, corpus, exclude_self)] == query_ids).int().tolist()
 
 

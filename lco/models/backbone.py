@@ -35,6 +35,16 @@ class Backbone:
     def tokenizer(self):
         return getattr(self.processor, "tokenizer", self.processor)
 
+    @property
+    def placeholder_ids(self) -> dict[str, int | None]:
+        """Media kind -> the token id that stands for one item of it in ``input_ids`` (None: no such media)."""
+        config = self.model.config
+        return {kind: getattr(config, f"{kind}_token_id", None) for kind in ("image", "video", "audio")}
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.config.get_text_config().hidden_size
+
 
 def _cached_on_disk(repo_id: str, revision: str | None) -> bool:
     from huggingface_hub import try_to_load_from_cache

@@ -1,6 +1,8 @@
 """Backbone + pooling + normalisation: the embedding model lco trains and serves.
 
-``Embedder(inputs)`` takes one processor batch (``input_ids`` [N, T], ``attention_mask`` [N, T], optional
+``Embedder(backbone, preprocessor)``: the preprocessor (``lco/preprocess.py``, the same object the data's
+collator uses in training) turns items into processor batches for ``encode``. ``Embedder(inputs)`` takes one
+processor batch (``input_ids`` [N, T], ``attention_mask`` [N, T], optional
 media tensors) and returns float32 embeddings [N, D]. The default is the reference: the final hidden state
 *after* the decoder's last norm (the headless model's ``last_hidden_state``; the LM head is never run) at the
 last real token, L2-normalised. A method may insert a trainable ``head`` between pooling and normalisation.
@@ -15,24 +17,25 @@ import torch.nn.functional as F
 from peft import PeftModel
 from torch import nn
 
-from lco.data.collate import ItemEncoder
 from lco.models.backbone import Backbone
 from lco.models.pooling import pool
+from lco.preprocess import Preprocessor
 from lco.prompts import Prompter
 
 
 class Embedder(nn.Module):
-    def __init__(self, backbone: Backbone, pooling: str = "last", normalize: bool = True,
-                 max_text_tokens: int = 650, prompter: Prompter | None = None, image_max_size: int = 700,
-                 audio_max_seconds: float = 30.0, video_max_frames: int = 16):
+    """``preprocessor``: None means the reference preprocessing (``Preprocessor``'s defaults, which equal
+    ``conf/preprocess/reference.yaml``) for the backbone's processor."""
+
+    def __init__(self, backbone: Backbone, preprocessor: Preprocessor | None = None, pooling: str = "last",
+                 normalize: bool = True):
         super().__init__()
         self.model = backbone.model  # the transformers model; a method may wrap it (LoRA: a PeftModel)
         self.backbone = backbone
         self.head: nn.Module = nn.Identity()  # a method may put a trainable projection here (linear probe)
         self.pooling = pooling
         self.normalize = normalize
-        self.encoder = ItemEncoder(backbone.processor, prompter or Prompter(), max_text_tokens, image_max_size,
-                                   audio_max_seconds, video_max_frames)
+        self.preprocessor = preprocessor or Preprocessor(backbone.processor, Prompter())
 
     @property
     def family(self):
@@ -51,7 +54,20 @@ class Embedder(nn.Module):
 
     @property
     def hidden_size(self) -> int:
-        return self.backbone.model.config.get_text_config().hidden_size
+        return self.backbone.hidden_size
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.preprocessor.pad_token_id
+
+    @property
+    def placeholder_ids(self) -> dict[str, int | None]:
+        return self.backbone.placeholder_ids
+
+    def card(self) -> dict:
+        """This embedder's part of ``lco_embedding.json``: family, base model, pooling, preprocessing."""
+        return {"family": self.family.name, "base_model": self.backbone.path, "pooling": self.pooling,
+                "normalize": self.normalize, **self.preprocessor.card()}
 
     @torch.no_grad()
     def encode(self, items: list, batch_size: int = 32, progress: bool = False) -> torch.Tensor:
@@ -65,7 +81,7 @@ class Embedder(nn.Module):
         with _progress(len(items), progress) as advance:
             for start in range(0, len(items), batch_size):
                 chunk = order[start: start + batch_size]
-                batch = self.encoder([items[i] for i in chunk])
+                batch = self.preprocessor([items[i] for i in chunk])
                 vectors = self({k: v.to(device) for k, v in batch.items()}).cpu()
                 if out.numel() == 0:
                     out = torch.empty(len(items), vectors.shape[1])
@@ -89,3 +105,12 @@ def _progress(total: int, enabled: bool):
     with Progress() as bar:
         task = bar.add_task("encoding", total=total)
         yield lambda n: bar.advance(task, n)
+
+
+def configured(cfg, backbone: Backbone | None = None) -> Embedder:
+    """The embedder a composed config describes (``model``, ``preprocess``, ``embed``), on ``backbone`` if given;
+    for the entry points that embed without training (``lco.evaluate``, ``lco.analyze``, the bench)."""
+    from hydra.utils import instantiate
+
+    backbone = backbone if backbone is not None else instantiate(cfg.model)
+    return instantiate(cfg.embed)(backbone, instantiate(cfg.preprocess)(backbone.processor))

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from lco.cache import cache_root
 from lco.errors import ConfigError
 
 TINY_PREFIX = "lco-tiny/"
@@ -53,11 +54,6 @@ _FORMAT_VERSION = 2
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 # name -> (tiny twin it was trained from, its trained weights packed by lco.models.delta, shipped in lco/assets)
 PRETRAINED: dict[str, tuple[str, str]] = {"toy_omni_pretrained": ("toy_omni", "toy_omni_pretrained.safetensors")}
-
-
-def cache_root() -> Path:
-    """Where lco keeps generated artefacts: ``$LCO_CACHE`` or ``~/.cache/lco``."""
-    return Path(os.environ.get("LCO_CACHE", Path.home() / ".cache" / "lco"))
 
 
 def _chat_template(flavour: str) -> str:

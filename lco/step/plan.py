@@ -1,6 +1,6 @@
-"""Rearrange processor batches on the host: fuse sides into one forward pass, cut a batch into chunks.
+"""Plans of a training step, made on the host: fuse sides into one forward pass, cut a batch into chunks.
 
-A processor batch (see ``ItemEncoder``) is a dict of tensors: per-row tensors [N, T] (``input_ids``,
+A processor batch (see ``lco.preprocess.Preprocessor``) is a dict of tensors: per-row tensors [N, T] (``input_ids``,
 ``attention_mask``, ``mm_token_type_ids``), left-padded, and per-media tensors whose rows belong to the items in
 order (``pixel_values`` [sum of t*h*w patches, C] with ``image_grid_thw`` [n_images, 3]; the ``*_videos``
 twins; ``input_features`` / ``feature_attention_mask`` [n_audio, ...]).
@@ -22,14 +22,14 @@ import torch
 from lco.errors import BatchLayoutError
 
 ROW_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
-# media kind -> (placeholder-token attribute of the model config, {key: rows per item of that kind})
-# where "grid" means prod(grid_thw) patch rows per item and "one" one row per item.
+# media kind -> (its grid key, {key: rows per item of that kind}) where "grid" means prod(grid_thw) patch rows
+# per item and "one" one row per item.
 MEDIA = {
-    "image": ("image_token_id", "image_grid_thw", {"pixel_values": "grid", "image_grid_thw": "one"}),
-    "video": ("video_token_id", "video_grid_thw", {"pixel_values_videos": "grid", "video_grid_thw": "one",
-                                                    "video_second_per_grid": "one",  # Omni
-                                                    "second_per_grid_ts": "one"}),  # Qwen2.5-VL
-    "audio": ("audio_token_id", None, {"input_features": "one", "feature_attention_mask": "one"}),
+    "image": ("image_grid_thw", {"pixel_values": "grid", "image_grid_thw": "one"}),
+    "video": ("video_grid_thw", {"pixel_values_videos": "grid", "video_grid_thw": "one",
+                                 "video_second_per_grid": "one",  # Omni
+                                 "second_per_grid_ts": "one"}),  # Qwen2.5-VL
+    "audio": (None, {"input_features": "one", "feature_attention_mask": "one"}),
 }
 TEXT_ONLY = frozenset(ROW_KEYS)
 
@@ -91,7 +91,7 @@ def sort_by_length(batch: dict) -> tuple[dict, torch.Tensor]:
 def _media_counts(batch: dict, token_ids: dict[str, int | None]) -> dict[str, list[int]]:
     """Per media kind, how many items of that kind each row holds (runs of its placeholder token)."""
     counts = {}
-    for kind, (_, _, keys) in MEDIA.items():
+    for kind, (_, keys) in MEDIA.items():
         if not any(k in batch for k in keys):
             continue
         token = token_ids.get(kind)
@@ -134,19 +134,19 @@ def plan_chunks(batch: dict, size: int, token_ids: dict[str, int | None] | None 
     ``video``, ``audio`` to the model's placeholder token ids; needed only when the batch has media (whose
     chunks are never filled: their memory is not counted in tokens).
     """
-    unknown = set(batch) - TEXT_ONLY - {k for _, _, keys in MEDIA.values() for k in keys}
+    unknown = set(batch) - TEXT_ONLY - {k for _, keys in MEDIA.values() for k in keys}
     if unknown:
-        raise BatchLayoutError(f"loss.cache_chunk cannot split batch tensors {sorted(unknown)}: lco does not "
-                               "know which items they belong to. Set loss.cache_chunk=null for this model/data.")
+        raise BatchLayoutError(f"step.cache_chunk cannot split batch tensors {sorted(unknown)}: lco does not "
+                               "know which items they belong to. Set step.cache_chunk=null for this model/data.")
     real = batch["attention_mask"].bool()
     counts = _media_counts(batch, token_ids or {})
-    cursor = {key: 0 for _, _, keys in MEDIA.values() for key in keys if key in batch}
+    cursor = {key: 0 for _, keys in MEDIA.values() for key in keys if key in batch}
     chunks = []
     for start, end in row_ranges(real.sum(dim=1).tolist(), size, fill=fill and not counts):
         used = real[start:end].any(dim=0).nonzero()
         first_col = int(used[0]) if len(used) else 0
         media = {}
-        for kind, (_, grid_key, keys) in MEDIA.items():
+        for kind, (grid_key, keys) in MEDIA.items():
             if kind not in counts:
                 continue
             items = sum(counts[kind][start:end])
@@ -162,7 +162,7 @@ def plan_chunks(batch: dict, size: int, token_ids: dict[str, int | None] | None 
                 if key in batch:
                     cursor[key] = media[key][1]
         chunks.append({"rows": (start, end), "first_col": first_col, "media": media})
-    for kind, (_, _, keys) in MEDIA.items():
+    for kind, (_, keys) in MEDIA.items():
         for key in keys:
             if key in cursor and cursor[key] != batch[key].shape[0]:
                 raise BatchLayoutError(f"{key} has {batch[key].shape[0]} rows but the {kind} placeholders in "

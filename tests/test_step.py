@@ -1,7 +1,9 @@
-"""GradCache and fused forward passes: the same embeddings, losses and gradients as the plain path.
+"""``lco/step/``: plans (fused passes, chunks, media slices), GradCache, and the step that uses them give the same
+embeddings, losses and gradients as the plain path.
 
-The module plans each batch on the host (``on_before_batch_transfer``), then embeds it; every comparison runs
-the real ``ContrastiveModule`` on the tiny Omni twin with text, image, audio and video items in one batch.
+The module has the step plan each batch on the host (``on_before_batch_transfer``), then embeds it; every
+comparison runs the real ``ContrastiveModule`` on the tiny Omni twin with text, image, audio and video items in
+one batch.
 """
 
 import random
@@ -10,18 +12,18 @@ from functools import partial
 import pytest
 import torch
 
-from lco import gradcache
 from lco.checkpointing import AtomicCheckpointIO
 from lco.data.collate import TripletCollator
 from lco.errors import BatchLayoutError, ConfigError
-from lco.gradcache import cached_embed
 from lco.losses import InfoNCE
 from lco.methods.clip import ClipStyle
 from lco.methods.lora import LoRA
 from lco.models.backbone import load_backbone
-from lco.models.batching import fuse, plan_chunks, row_ranges, take
 from lco.models.embedder import Embedder
 from lco.module import ContrastiveModule
+from lco.step import Step, gradcache
+from lco.step.gradcache import cached_embed
+from lco.step.plan import fuse, plan_chunks, row_ranges, take
 from lco.train import _strategy
 from tests.conftest import compose_train
 from tests.media_fixtures import SCENES, caption, write_media
@@ -44,12 +46,12 @@ def _records(media) -> list[dict]:
 def _module(chunk=None, fuse_max_padding=None, dropout=0.0):
     torch.manual_seed(0)
     embedder = Embedder(load_backbone("qwen2_5_omni", "lco-tiny/tiny_omni"))
-    return ContrastiveModule(embedder, LoRA(r=4, alpha=8, dropout=dropout), InfoNCE(cache_chunk=chunk),
-                             partial(torch.optim.SGD, lr=0.1), fuse_max_padding=fuse_max_padding)
+    return ContrastiveModule(embedder, LoRA(r=4, alpha=8, dropout=dropout), InfoNCE(), Step(fuse_max_padding, chunk),
+                             partial(torch.optim.SGD, lr=0.1), gradient_checkpointing=False, max_nonfinite_skips=0)
 
 
 def _loss_and_grads(module, records, seed=1):
-    batch = module.on_before_batch_transfer(TripletCollator(module.embedder.encoder)(records), 0)
+    batch = module.on_before_batch_transfer(TripletCollator(module.embedder.preprocessor)(records), 0)
     torch.manual_seed(seed)
     loss = module.batch_loss(batch)
     loss.backward()
@@ -81,14 +83,14 @@ def test_plan_fuses_text_sides_and_chunks_media_per_item(media):
 def test_fused_and_chunked_embeddings_equal_separate_passes(media):
     module = _module()
     module.eval()
-    collated = TripletCollator(module.embedder.encoder)(_records(media))
+    collated = TripletCollator(module.embedder.preprocessor)(_records(media))
     with torch.no_grad():
         separate = torch.cat([module.embedder(collated[side]) for side in ("anchor", "positive", "negative")])
         for chunk, fuse_max_padding in [(None, 10.0), (1, None), (3, 10.0)]:
-            module.loss_fn.cache_chunk, module.fuse_max_padding = chunk, fuse_max_padding
+            module.step = Step(fuse_max_padding, chunk)
             batch = module.on_before_batch_transfer(dict(collated), 0)
             assert len(batch["passes"]) == (2 if fuse_max_padding else 3)
-            together = torch.cat(module._embed_triplets(batch))
+            together = torch.cat(module.step.embed(module.embedder, batch))
             assert torch.allclose(together, separate, atol=1e-5), (chunk, fuse_max_padding)
 
 
@@ -129,7 +131,7 @@ def test_cached_step_fills_chunks_with_short_items_and_keeps_gradients():
     assert torch.allclose(loss, loss0, atol=1e-6)
     assert _max_diff(cached, plain) < 1e-5 * max(float(g.abs().max()) for g in plain.values())
     three = _module(chunk=2, fuse_max_padding=None).on_before_batch_transfer(
-        TripletCollator(_module().embedder.encoder)(records), 0)
+        TripletCollator(_module().embedder.preprocessor)(records), 0)
     assert len(three["passes"]) == 3  # fuse_max_padding=null keeps the reference's three passes
 
 
@@ -158,7 +160,7 @@ def test_gradcache_gradients_equal_the_plain_path(media):
 
 def _chunked_with_graphs(module, records, seed=1):
     """The uncached reference for dropout: the same chunks in the same order, graphs kept."""
-    batch = module.on_before_batch_transfer(TripletCollator(module.embedder.encoder)(records), 0)
+    batch = module.on_before_batch_transfer(TripletCollator(module.embedder.preprocessor)(records), 0)
     torch.manual_seed(seed)
     out = [None] * 3
     for step in batch["passes"]:
@@ -202,22 +204,22 @@ def test_gradcache_leaves_the_random_stream_where_the_plain_path_would():
 def test_unknown_batch_tensor_cannot_be_chunked():
     batch = {"input_ids": torch.ones(2, 3, dtype=torch.long), "attention_mask": torch.ones(2, 3, dtype=torch.long),
              "rope_deltas": torch.ones(2)}
-    with pytest.raises(BatchLayoutError, match="rope_deltas.*loss.cache_chunk=null"):
+    with pytest.raises(BatchLayoutError, match="rope_deltas.*step.cache_chunk=null"):
         plan_chunks(batch, 1)
 
 
 def test_cache_chunk_config_errors(tmp_path):
-    with pytest.raises(ConfigError, match="loss.cache_chunk must be a positive integer"):
-        InfoNCE(cache_chunk=0)
-    cfg = compose_train(tmp_path, ["trainer=fsdp", "loss.cache_chunk=8"])
-    with pytest.raises(ConfigError, match="not with FSDPStrategy"):
-        _strategy(cfg, LoRA())
-    plain = _strategy(compose_train(tmp_path, ["trainer=ddp_cpu", "loss.cache_chunk=8"]), LoRA())
+    with pytest.raises(ConfigError, match="step.cache_chunk=0 is not valid: GradCache items per chunk must be an integer >= 1"):
+        Step(cache_chunk=0)
+    cfg = compose_train(tmp_path, ["trainer=fsdp", "step.cache_chunk=8"])
+    with pytest.raises(ConfigError, match="not with FSDP"):
+        _strategy(cfg, LoRA(), Step(cache_chunk=8))
+    plain = _strategy(compose_train(tmp_path, ["trainer=ddp_cpu", "step.cache_chunk=8"]), LoRA(), Step(cache_chunk=8))
     assert set(plain) == {"plugins"} and isinstance(plain["plugins"][0], AtomicCheckpointIO)  # strategy unchanged
     with pytest.raises(ConfigError, match="not with DeepSpeed"):  # Lightning's strategy names too
-        _strategy(compose_train(tmp_path, ["+trainer.strategy=deepspeed_stage_2", "loss.cache_chunk=8"]), LoRA())
+        _strategy(compose_train(tmp_path, ["+trainer.strategy=deepspeed_stage_2"]), LoRA(), Step(cache_chunk=8))
     clip = ClipStyle(train_vision=True)
-    assert _strategy(compose_train(tmp_path, ["+trainer.strategy=ddp"]), clip)["strategy"] == \
+    assert _strategy(compose_train(tmp_path, ["+trainer.strategy=ddp"]), clip, Step())["strategy"] == \
         "ddp_find_unused_parameters_true"
-    assert _strategy(compose_train(tmp_path, ["trainer=ddp_cpu"]), clip)["strategy"]._ddp_kwargs[
+    assert _strategy(compose_train(tmp_path, ["trainer=ddp_cpu"]), clip, Step())["strategy"]._ddp_kwargs[
         "find_unused_parameters"] is True

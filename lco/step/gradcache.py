@@ -2,7 +2,7 @@
 
 ``cached_embed(embed, batch, chunks)`` returns embeddings [N, D] of the whole batch that take part in autograd
 like ``embed(batch)`` would, but are computed chunk by chunk without keeping graphs (``chunks`` from
-``lco.models.batching.plan_chunks``). When the loss's backward reaches them, each chunk is embedded again,
+``lco.step.plan.plan_chunks``). When the loss's backward reaches them, each chunk is embedded again,
 this time with a graph, under the RNG state (dropout masks) and autocast setting its first pass used, and
 backpropagated with its slice of the embedding gradient (Gao et al. 2021, "Scaling Deep Contrastive Learning
 Batch Size under Memory Limited Setup"). Parameter gradients equal those of embedding the same chunks with
@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import torch
 
-from lco.models.batching import take
+from lco.step.plan import take
 
 
 class RngState:
