@@ -26,6 +26,8 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import WandbLogger as LightningWandbLogger
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
+from lco import card as cards
+
 TRACKING = "tracking.json"
 
 
@@ -171,8 +173,7 @@ def summarize(loggers, before: dict, after: dict, cost: dict, params: dict, prob
             rows = [[k, result["before"][k], v, v - result["before"][k]] for k, v in result["after"].items()]
             run.log({"probe/before_after": wandb.Table(columns=["metric", "before", "after", "change"], data=rows)})
         if getattr(logger, "log_adapter", False) and adapter is not None and adapter.is_dir():
-            card = json.loads((adapter / "lco_embedding.json").read_text())
-            artifact = wandb.Artifact(f"adapter-{run.id}", type="model", metadata=card)
+            artifact = wandb.Artifact(f"adapter-{run.id}", type="model", metadata=cards.read(adapter))
             artifact.add_dir(str(adapter))
             run.log_artifact(artifact)
 

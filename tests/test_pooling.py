@@ -12,7 +12,8 @@ def test_last_token_under_left_and_right_padding():
     right = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
     assert last_token(hidden, left).flatten().tolist() == [3.0, 7.0]
     assert last_token(hidden, right).flatten().tolist() == [1.0, 7.0]
-    assert torch.allclose(pool(hidden.expand(2, 4, 3), left).norm(dim=-1), torch.ones(2))
+    assert pool(hidden, left).flatten().tolist() == [3.0, 7.0] and pool(hidden, left).dtype == torch.float32
+    assert pool(hidden, left, "mean").flatten().tolist() == [2.5, 5.5] and pool(hidden, right, "mean")[0, 0] == 0.5
 
 
 def test_pooled_vector_is_final_norm_state_of_last_real_token(tiny_backbone):

@@ -93,7 +93,9 @@ def test_summary_holds_the_probe_table_and_the_adapter_artifact(tmp_path, offlin
     probe.write_text(json.dumps({"before": {"i2t_r1": 0.25, "t2t_r1": 0.5}, "after": {"i2t_r1": 0.5, "t2t_r1": 0.5}}))
     adapter = tmp_path / "adapter"
     adapter.mkdir()
-    (adapter / "lco_embedding.json").write_text(json.dumps({"method": "lora", "family": "qwen2"}))
+    card = {"method": "lora", "family": "qwen2", "base_model": "lco-tiny/tiny_text", "pooling": "last",
+            "normalize": True, "max_text_tokens": 650, "prompt_suffixes": {"text": "!"}}
+    (adapter / "lco_embedding.json").write_text(json.dumps(card))
     (adapter / "adapter_model.safetensors").write_bytes(b"weights")
     with tracking.finishing([logger]):
         tracking.summarize([logger], {"val/r1": 0.1}, {"val/r1": 0.3}, {"device_hours": 0.5},
@@ -109,5 +111,5 @@ def test_summary_holds_the_probe_table_and_the_adapter_artifact(tmp_path, offlin
     artifacts = [r.artifact for r in records(next(found.glob("run-*.wandb"))) if r.WhichOneof("record_type") == "artifact"]
     models = [a for a in artifacts if a.type == "model"]  # W&B also stores the table as a run_table artifact
     assert [a.name for a in models] == [f"adapter-{read_run(found)['run']['id']}"]
-    assert json.loads(models[0].metadata) == {"method": "lora", "family": "qwen2"}
+    assert json.loads(models[0].metadata) == card
     assert {f.path for f in models[0].manifest.contents} == {"lco_embedding.json", "adapter_model.safetensors"}

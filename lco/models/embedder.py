@@ -49,7 +49,7 @@ class Embedder(nn.Module):
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         out = self.headless(**inputs, use_cache=False, return_dict=True)
-        vectors = self.head(pool(out.last_hidden_state, inputs["attention_mask"], self.pooling, normalize=False))
+        vectors = self.head(pool(out.last_hidden_state, inputs["attention_mask"], self.pooling))
         return F.normalize(vectors, dim=-1) if self.normalize else vectors
 
     @property

@@ -1,14 +1,14 @@
 """Pooling of decoder states into one vector per sequence.
 
 All functions take ``hidden`` [N, T, D] (any float dtype) and ``attention_mask`` [N, T] (1 = real token)
-and return [N, D]. They work under left *and* right padding: the last real token is found from the mask,
+and return [N, D] (``pool``: float32; the ``Embedder`` normalises after its optional head). They work under left
+*and* right padding: the last real token is found from the mask,
 never assumed to sit at position -1.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from lco.errors import ConfigError
 
@@ -27,8 +27,7 @@ def mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
 POOLERS = {"last": last_token, "mean": mean}
 
 
-def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str = "last", normalize: bool = True):
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str = "last") -> torch.Tensor:
     if how not in POOLERS:
         raise ConfigError(f"embed.pooling={how!r} is unknown; choose one of {sorted(POOLERS)}")
-    vectors = POOLERS[how](hidden, attention_mask)
-    return F.normalize(vectors.float(), dim=-1) if normalize else vectors.float()
+    return POOLERS[how](hidden, attention_mask).float()
