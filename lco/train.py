@@ -97,8 +97,9 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], dict]:
     if datamodule.probe is not None:
         check_modalities(set(getattr(datamodule.probe, "modalities", ())), cfg.model.family, cfg.model.path,
                          what="data.probe (set data.probe=null to train without it)")
-    # partials: the prompter checks its suffixes and the module its knobs here, before the weights load
-    preprocess, make_embedder, make_module = instantiate(cfg.preprocess), instantiate(cfg.embed), instantiate(cfg.module)
+    # partials, completed once the backbone is loaded; the prompter checks its suffixes here, before the weights load
+    preprocess, make_embedder = instantiate(cfg.preprocess), instantiate(cfg.embed)
+    make_module = instantiate(cfg.module)
     backbone = instantiate(cfg.model)
     preprocessor = preprocess(backbone.processor)  # one preprocessing, for the data and the embedder
     datamodule.attach(preprocessor)
