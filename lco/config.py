@@ -15,7 +15,7 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lco.errors import ConfigError
-from lco.keys import moved
+from lco.keys import moved, undeclared_keys
 
 HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
 
@@ -179,8 +179,6 @@ def value_problems(cfg: DictConfig) -> list[str]:
 def _undeclared(cfg: DictConfig) -> list[str]:
     """``lco.keys.undeclared_keys`` for the running app's config (needs Hydra's config name and choices)."""
     from hydra.core.hydra_config import HydraConfig
-
-    from lco.keys import undeclared_keys
 
     if not HydraConfig.initialized() or not HydraConfig.get().job.config_name:
         return []

@@ -160,9 +160,8 @@ def check_command_line(config_name: str, argv: list[str]) -> None:
         # the command line's group choices (model=tiny_text), without which the keys a typo is close to are unknown
         groups = [o for o in overrides if "=" in o and not o.startswith(("+", "~"))
                   and Path(CONF_DIR, o.split("=", 1)[0]).is_dir()]
-        paths = leaf_paths(_compose(config_name, groups)) if not moved(key) else []
+        hint = moved(key) or suggest(key, leaf_paths(_compose(config_name, groups)))
         parent = key.rsplit(".", 1)[0] if "." in key else "the top level"
-        raise ConfigError(f"{key} (command line) is not a key of the config under {parent}."
-                          f"{moved(key) or suggest(key, paths)} "
+        raise ConfigError(f"{key} (command line) is not a key of the config under {parent}.{hint} "
                           "Appending it with + would only add a key that nothing reads; lco refuses those too."
                           ) from None

@@ -3,12 +3,12 @@
 The same model, LoRA, InfoNCE, AdamW with its schedule, and the same pre-collated batches, trained through lco
 (``ContrastiveModule`` under a Lightning ``Trainer`` with ``conf/callbacks/default.yaml``'s Rich progress bar, as
 ``lco.train`` builds it) and through a hand-written PyTorch loop around the same ``Step`` (plan, forward, loss),
-then backward and the optimizer (``PlainLoop``, on its own copy of the model). The two alternate step by step in one process (``Paired``:
-plain step i, then lco step i), so a change in machine load or clock hits both alike; on a shared machine that
-drifts by 10-20% over seconds, runs timed one after the other could not resolve a 5% difference. Reported per
-round: the median step after ``warmup`` steps of each path, their ratio lco / plain (issue 7's goal: <= 1.05)
-and the median of the per-step ratios; the headline is the median over rounds. Run alone, both paths reach the
-same weights (``tests/test_bench.py``), so the comparison is like for like.
+then backward and the optimizer (``PlainLoop``, on its own copy of the model). The two alternate step by step
+in one process (``Paired``: plain step i, then lco step i), so a change in machine load or clock hits both
+alike; on a shared machine that drifts by 10-20% over seconds, runs timed one after the other could not resolve
+a 5% difference. Reported per round: the median step after ``warmup`` steps of each path, their ratio lco /
+plain (issue 7's goal: <= 1.05) and the median of the per-step ratios; the headline is the median over rounds.
+Run alone, both paths reach the same weights (``tests/test_bench.py``), so the comparison is like for like.
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 Life cycle (see ``lco/train.py``): ``load()`` reads and validates records *before* any model loads (in-memory
 sources wholly; streamed sources up to their first record); ``attach(preprocessor)`` hands over the
-preprocessing (``lco/preprocess.py``, built with the model's processor); Lightning then asks for dataloaders. Train batches hold ``batch_size`` triplets per
-device (global batch = batch_size x devices x nodes), each global batch from one source (see ``mixture.py``).
+preprocessing (``lco/preprocess.py``, built with the model's processor); Lightning then asks for dataloaders.
+Train batches hold ``batch_size`` triplets per device (global batch = batch_size x devices x nodes), each global
+batch from one source (see ``mixture.py``).
 Validation runs the whole validation set on every rank, so retrieval metrics are exact under DDP.
 """
 
