@@ -118,6 +118,7 @@ CHOICE_RULES = [
     ("optim.scheduler.name", ("linear", "cosine")),
     ("embed.pooling", ("last", "mean")),
     ("module.gradient_checkpointing", ("auto", True, False)),
+    ("step.pack", ("auto", True, False)),
 ]
 
 

@@ -25,11 +25,19 @@ from lco.models.embedder import Embedder
 from lco.step import Step
 
 
+def checkpointing(setting: str | bool, cuda: bool, caches: bool) -> bool:
+    """Whether to turn on activation checkpointing: ``setting`` (``module.gradient_checkpointing``), on a CUDA
+    device or not, with GradCache or not (``auto``: on CUDA without GradCache)."""
+    return setting if setting != "auto" else cuda and not caches
+
+
 class ContrastiveModule(pl.LightningModule):
     """Inputs per step: a ``TripletCollator`` batch. Logs ``train/loss``, ``val/loss``, ``val/r1``, ``val/r5``.
 
     ``optimizer``: trainable parameters -> optimizer; ``scheduler``: (optimizer, total_steps=) -> a per-step
-    LR scheduler, or None (``conf/optim/``). ``gradient_checkpointing``: ``auto`` (on for CUDA), true, false.
+    LR scheduler, or None (``conf/optim/``). ``gradient_checkpointing``: ``auto`` (on for CUDA, except under
+    GradCache, whose chunks already bound activation memory: checkpointing its replay would pay a third forward),
+    true, false.
     ``max_nonfinite_skips``: NaN/Inf losses skipped (no update) before the run stops (``lco/guard.py``).
     ``conf/train.yaml``'s ``module`` node holds the last two; ``lco.train`` passes the rest.
     """
@@ -64,15 +72,15 @@ class ContrastiveModule(pl.LightningModule):
                        f"{counts['frozen']:,} stay frozen")
 
     def setup(self, stage: str) -> None:
-        use_gc = self.gradient_checkpointing
-        if use_gc == "auto":
-            use_gc = self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator"
-        if use_gc:
+        cuda = self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator"
+        self.step.setup("cuda" if cuda else "cpu")
+        if checkpointing(self.gradient_checkpointing, cuda, self.step.caches):
             self.embedder.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     def on_before_batch_transfer(self, batch, dataloader_idx: int):
         """Collated triplets (CPU) -> the step's plan of them (``Step.plan``), made before they leave the host."""
-        return self.step.plan(batch, self.embedder.pad_token_id, self.embedder.placeholder_ids)
+        return self.step.plan(batch, self.embedder.pad_token_id, self.embedder.placeholder_ids,
+                              self.embedder.position_rows)
 
     def batch_loss(self, batch) -> torch.Tensor:
         """The training loss (scalar) of a planned batch (``on_before_batch_transfer``'s output, on the device)."""
@@ -89,6 +97,8 @@ class ContrastiveModule(pl.LightningModule):
             self._skip_update = True
             return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["rows"])
+        tokens = batch["tokens"]  # Python ints from the plan: logging them costs no device sync
+        self.log("train/real_token_fraction", tokens["real"] / tokens["computed"], batch_size=batch["rows"])
         if self.loss_fn.log_scale.requires_grad:  # a fixed temperature is in config.yaml; logging costs ~1 ms
             self.log("train/temperature", 1.0 / self.loss_fn.scale().detach(), batch_size=1)
         self.history["train/loss"].append(loss.detach())

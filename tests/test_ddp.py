@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -99,13 +100,16 @@ def test_lightning_ddp_cpu_step_equals_single_process_step(tmp_path):
         assert torch.allclose(ddp[key], value, atol=1e-5, rtol=1e-4), key
 
 
-def test_gradcache_under_ddp_equals_single_process_without_cache(tmp_path):
-    """GradCache (chunks of 3 items, so chunks straddle sides) on 2 gloo ranks for 2 steps: each LoRA weight
-    gets the sum over chunks once per backward, DDP averages it, and the weights equal one uncached process.
+@pytest.mark.parametrize("step", [("step.cache_chunk=3",), ("step.pack=true", "step.cache_tokens=96")],
+                         ids=["items", "packed-tokens"])
+def test_gradcache_under_ddp_equals_single_process_without_cache(tmp_path, step):
+    """GradCache (chunks of 3 items, so chunks straddle sides; or packed rows in chunks of 96 tokens) on 2 gloo
+    ranks for 2 steps: each LoRA weight gets the sum over chunks once per backward, DDP averages it, and the
+    weights equal one uncached, padded process.
     Two SGD steps at lr 1 amplify float noise (measured: plain 2-rank DDP differs from one process by 2.5e-5 of
     a tensor's largest entry, GradCache DDP by 3.8e-5), hence the bound of 1e-4 of the largest entry."""
     single = _train_one_step(tmp_path / "one", "cpu", 8, steps=2)
-    cached = _train_one_step(tmp_path / "two", "ddp_cpu", 4, ("step.cache_chunk=3",), steps=2)
+    cached = _train_one_step(tmp_path / "two", "ddp_cpu", 4, step, steps=2)
     assert single.keys() == cached.keys()
     for key, value in single.items():
         assert float((cached[key] - value).abs().max()) <= 1e-4 * float(value.abs().max()), key

@@ -72,6 +72,7 @@ class PlainLoop:
         method.apply(embedder)
         self.embedder, self.loss_fn, self.device = embedder.to(device).train(), loss_fn.to(device), device
         self.shared_step = step  # the Step ContrastiveModule calls: plan, forward passes, loss
+        step.setup(device.type)
         params = [p for p in embedder.parameters() if p.requires_grad] + [p for p in loss_fn.parameters()
                                                                               if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr)
@@ -91,7 +92,8 @@ class PlainLoop:
         return seconds
 
     def _step(self, batch: dict) -> None:
-        planned = self.shared_step.plan(batch, self.embedder.pad_token_id, self.embedder.placeholder_ids)
+        planned = self.shared_step.plan(batch, self.embedder.pad_token_id, self.embedder.placeholder_ids,
+                                        self.embedder.position_rows)
         loss = self.shared_step.loss(self.embedder, self.loss_fn, move_data_to_device(planned, self.device))
         loss.backward()
         self.optimizer.step()

@@ -42,6 +42,11 @@ class Backbone:
         return {kind: getattr(config, f"{kind}_token_id", None) for kind in ("image", "video", "audio")}
 
     @property
+    def position_rows(self) -> int:
+        """Rows of ``position_ids`` the model takes: 1, or 4 for multimodal rotary (text positions first)."""
+        return 4 if self.family.mrope else 1
+
+    @property
     def hidden_size(self) -> int:
         return self.model.config.get_text_config().hidden_size
 

@@ -18,9 +18,10 @@ from peft import PeftModel
 from torch import nn
 
 from lco.models.backbone import Backbone
-from lco.models.pooling import pool
+from lco.models.pooling import pool, pool_packed
 from lco.preprocess import Preprocessor
 from lco.prompts import Prompter
+from lco.step.pack import PACK_KEYS
 
 
 class Embedder(nn.Module):
@@ -48,8 +49,16 @@ class Embedder(nn.Module):
         return model.model
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        out = self.headless(**inputs, use_cache=False, return_dict=True)
-        vectors = self.head(pool(out.last_hidden_state, inputs["attention_mask"], self.pooling))
+        """A processor batch, or a packed one (``lco/step/pack.py``: items end to end, no ``attention_mask``,
+        ``item_ids`` and ``last_index`` for pooling) -> float32 [N, D], one row per item."""
+        if "last_index" in inputs:
+            out = self.headless(**{k: v for k, v in inputs.items() if k not in PACK_KEYS}, use_cache=False,
+                                return_dict=True)
+            pooled = pool_packed(out.last_hidden_state, inputs["item_ids"], inputs["last_index"], self.pooling)
+        else:
+            out = self.headless(**inputs, use_cache=False, return_dict=True)
+            pooled = pool(out.last_hidden_state, inputs["attention_mask"], self.pooling)
+        vectors = self.head(pooled)
         return F.normalize(vectors, dim=-1) if self.normalize else vectors
 
     @property
@@ -59,6 +68,10 @@ class Embedder(nn.Module):
     @property
     def pad_token_id(self) -> int:
         return self.preprocessor.pad_token_id
+
+    @property
+    def position_rows(self) -> int:
+        return self.backbone.position_rows
 
     @property
     def placeholder_ids(self) -> dict[str, int | None]:

@@ -22,17 +22,19 @@ class Family:
     processor_class: str
     feature_extractor_class: str | None = None
     config_key: str | None = None  # sub-config to use from a composite checkpoint config (Omni's thinker)
+    mrope: bool = False  # multimodal rotary positions: position_ids [4, N, T] (text, temporal, height, width)
 
 
 FAMILIES: dict[str, Family] = {
     "qwen2": Family("qwen2", "AutoModelForCausalLM", "model", (), ("text",), "tokenizer"),
     "qwen2_vl": Family("qwen2_vl", "Qwen2VLForConditionalGeneration", "model.language_model", ("model.visual",),
-                       ("text", "image", "video"), "Qwen2VLProcessor"),
+                       ("text", "image", "video"), "Qwen2VLProcessor", mrope=True),
     "qwen2_5_vl": Family("qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration", "model.language_model",
-                         ("model.visual",), ("text", "image", "video"), "Qwen2_5_VLProcessor"),
+                         ("model.visual",), ("text", "image", "video"), "Qwen2_5_VLProcessor", mrope=True),
     "qwen2_5_omni": Family("qwen2_5_omni", "Qwen2_5OmniThinkerForConditionalGeneration", "model.language_model",
                            ("model.visual", "model.audio_tower"), ("text", "image", "video", "audio"),
-                           "Qwen2_5OmniProcessor", "WhisperFeatureExtractor", config_key="thinker_config"),
+                           "Qwen2_5OmniProcessor", "WhisperFeatureExtractor", config_key="thinker_config",
+                           mrope=True),
 }
 
 

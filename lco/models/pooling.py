@@ -3,7 +3,7 @@
 All functions take ``hidden`` [N, T, D] (any float dtype) and ``attention_mask`` [N, T] (1 = real token)
 and return [N, D] (``pool``: float32; the ``Embedder`` normalises after its optional head). They work under left
 *and* right padding: the last real token is found from the mask,
-never assumed to sit at position -1.
+never assumed to sit at position -1. ``pool_packed`` is their twin for packed passes (items end to end in a row).
 """
 
 from __future__ import annotations
@@ -25,6 +25,20 @@ def mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 POOLERS = {"last": last_token, "mean": mean}
+
+
+def pool_packed(hidden: torch.Tensor, item_ids: torch.Tensor, last_index: torch.Tensor, how: str = "last") -> torch.Tensor:
+    """Pooling of a packed pass (``lco/step/pack.py``): ``hidden`` [R, W, D], ``item_ids`` [R, W] (-1: padding),
+    ``last_index`` [N] (flat index of each item's last token) -> float32 [N, D], item order."""
+    if how not in POOLERS:
+        raise ConfigError(f"embed.pooling={how!r} is unknown; choose one of {sorted(POOLERS)}")
+    flat = hidden.flatten(0, 1)
+    if how == "last":
+        return flat[last_index].float()
+    n = last_index.shape[0]
+    index = item_ids.flatten().masked_fill(item_ids.flatten() < 0, n)  # padding into an extra bin, dropped
+    sums = flat.new_zeros((n + 1, flat.shape[1]), dtype=torch.float32).index_add_(0, index, flat.float())
+    return sums[:n] / torch.bincount(index, minlength=n + 1)[:n, None]
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str = "last") -> torch.Tensor:

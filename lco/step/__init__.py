@@ -3,12 +3,15 @@
 ``Step`` (``conf/step/default.yaml``) holds the step's knobs and is used by ``ContrastiveModule`` (under
 Lightning) and by the bench's hand-written loop (``lco/bench/loop.py``), so both run the same computation:
 
-- ``plan(batch, pad_id, token_ids)``: a ``TripletCollator`` batch (CPU tensors) -> ``{"passes": [...], "sides":
-  n, "rows": B, "modality"}``. Each pass is ``{"inputs", "sides": [side index...], "sizes", "chunks": [...] or
-  None, "restore"}`` over the sides anchor, positive, negative. Text-only sides share one pass when padding
-  allows (``fuse_max_padding``); with ``cache_chunk`` every pass is cut into GradCache chunks (``plan.py``), and
-  a text-only pass is first sorted by length (``restore`` undoes it) so its chunks can be filled. Python ints
-  only: the step on the device never waits on the host.
+- ``plan(batch, pad_id, token_ids, position_rows)``: a ``TripletCollator`` batch (CPU tensors) -> ``{"passes":
+  [...], "sides": n, "rows": B, "modality", "tokens": {"real", "computed"}}``. Each pass is ``{"inputs", "sides":
+  [side index...], "sizes", "chunks": [...] or None, "restore", "packed"}`` over the sides anchor, positive,
+  negative. Text-only sides share one pass when padding allows (``fuse_max_padding``); with ``pack`` a text-only
+  pass is packed without padding (``pack.py``; a pass with media stays padded, ``packed`` says which); with
+  GradCache every pass is cut into chunks (``plan.py``, ``pack.chunk_rows``), and a padded text-only pass is
+  first sorted by length (``restore`` undoes it) so its chunks can be filled. ``tokens`` counts the batch's real
+  tokens and the tokens its passes compute (padding included). Python ints only: the step on the device never
+  waits on the host.
 - ``embed(embedder, planned)`` -> (anchor [B, D], positive [B, D], negative [B*K, D] or None): plain forward
   passes, or ``cached_embed`` (``gradcache.py``) for chunked ones.
 - ``loss(embedder, loss_fn, planned)`` -> the scalar loss.
@@ -20,6 +23,7 @@ import torch
 
 from lco.errors import ConfigError
 from lco.step.gradcache import cached_embed
+from lco.step.pack import chunk_rows, pack
 from lco.step.plan import TEXT_ONLY, fuse, plan_chunks, sort_by_length
 
 # strategies whose sharded parameters GradCache's re-forward inside backward has not been tested with
@@ -27,48 +31,87 @@ SHARDED = ("FSDP", "DeepSpeed")
 
 
 class Step:
-    """``fuse_max_padding``: text-only sides share one forward pass when the fused batch has at most this many
-    times their own padded tokens (``None``: one pass per side, as the reference). ``cache_chunk``: GradCache,
-    embedding this many items at a time (text chunks of shorter items hold more, up to the padded tokens of
-    ``cache_chunk`` of the longest: ``plan.row_ranges``) and re-computing them chunk by chunk in backward, so
-    activation memory is that of one chunk whatever the batch; the loss and gradients are unchanged. ``None``:
-    no caching."""
+    """The step's knobs (``conf/step/default.yaml``); the loss and gradients are the same whatever they are.
 
-    def __init__(self, fuse_max_padding: float | None = 1.25, cache_chunk: int | None = None):
-        if cache_chunk is not None and (isinstance(cache_chunk, bool) or not isinstance(cache_chunk, int)
-                                        or cache_chunk < 1):
-            raise ConfigError(f"step.cache_chunk={cache_chunk!r} is not valid: GradCache items per chunk must be an "
-                              "integer >= 1 (or null: no GradCache).")
-        self.fuse_max_padding, self.cache_chunk = fuse_max_padding, cache_chunk
+    ``fuse_max_padding``: text-only sides share one forward pass when the fused batch has at most this many times
+    their own padded tokens (``None``: one pass per side, as the reference; with packing or GradCache every text
+    side joins, since neither computes the padding). ``pack``: padding-free text passes (``pack.py``): items
+    end to end in rows of ``pack_tokens`` tokens, attention kept inside each item; ``auto`` packs on CUDA
+    (``setup``). Passes with media stay padded (their rotary positions are laid out per batch by the model).
+    GradCache (``gradcache.py``): ``cache_chunk`` embeds this many items at a time (text chunks of shorter items
+    hold more, up to the padded tokens of ``cache_chunk`` of the longest: ``plan.row_ranges``), or
+    ``cache_tokens`` this many computed tokens at a time, and re-computes them chunk by chunk in backward, so
+    activation memory is that of one chunk whatever the batch. ``None`` for both: no caching."""
+
+    def __init__(self, fuse_max_padding: float | None = 1.25, cache_chunk: int | None = None,
+                 cache_tokens: int | None = None, pack: bool | str = "auto", pack_tokens: int = 512):
+        for key, value, what in (("cache_chunk", cache_chunk, "GradCache items per chunk"),
+                                 ("cache_tokens", cache_tokens, "GradCache tokens per chunk"),
+                                 ("pack_tokens", pack_tokens, "tokens per packed row")):
+            if (value is not None or key == "pack_tokens") and (isinstance(value, bool) or not isinstance(value, int)
+                                                                 or value < 1):
+                raise ConfigError(f"step.{key}={value!r} is not valid: {what} must be an integer >= 1"
+                                  + ("." if key == "pack_tokens" else " (or null: no GradCache)."))
+        if cache_chunk is not None and cache_tokens is not None:
+            raise ConfigError(f"step.cache_chunk={cache_chunk} and step.cache_tokens={cache_tokens} are both set: "
+                              "GradCache chunks are counted in items or in tokens, not both. Set one to null.")
+        if pack not in (True, False, "auto"):
+            raise ConfigError(f"step.pack={pack!r} is not valid: use true, false or auto (packs on CUDA).")
+        self.fuse_max_padding, self.cache_chunk, self.cache_tokens = fuse_max_padding, cache_chunk, cache_tokens
+        self.pack, self.pack_tokens = pack, pack_tokens
+        self.packs = pack is True  # resolved for ``auto`` by ``setup``
+
+    def setup(self, device_type: str) -> None:
+        """Resolve ``pack=auto`` for the device the step runs on (``cuda``, ``cpu``...)."""
+        self.packs = self.pack is True or (self.pack == "auto" and device_type == "cuda")
+
+    @property
+    def caches(self) -> bool:
+        """Whether the step uses GradCache."""
+        return self.cache_chunk is not None or self.cache_tokens is not None
 
     def check_strategy(self, strategy: str) -> None:
         """Refuse GradCache under a sharding strategy (``strategy``: its class path or Lightning name)."""
         sharded = next((s for s in SHARDED if s.lower() in strategy.lower()), None)
-        if self.cache_chunk and sharded:
+        if self.caches and sharded:
+            knob = f"step.cache_chunk={self.cache_chunk}" if self.cache_chunk else f"step.cache_tokens={self.cache_tokens}"
             raise ConfigError(
-                f"step.cache_chunk={self.cache_chunk} (GradCache) is supported with trainer=cpu, gpu, ddp and "
+                f"{knob} (GradCache) is supported with trainer=cpu, gpu, ddp and "
                 f"ddp_cpu, not with {sharded}: its re-forward inside backward would meet sharded parameters lco "
-                "has not tested. Use trainer=ddp (LoRA's trainable weights are small), or set step.cache_chunk=null.")
+                "has not tested. Use trainer=ddp (LoRA's trainable weights are small), or set step.cache_chunk=null and "
+                "step.cache_tokens=null.")
 
-    def plan(self, batch: dict, pad_id: int, token_ids: dict[str, int | None]) -> dict:
+    def plan(self, batch: dict, pad_id: int, token_ids: dict[str, int | None], position_rows: int = 1) -> dict:
         """A collated batch -> its planned passes (see the module docstring); a planned batch is returned as is.
-        ``pad_id``: the tokenizer's pad id; ``token_ids``: media kind -> the model's placeholder token id."""
+        ``pad_id``: the tokenizer's pad id; ``token_ids``: media kind -> the model's placeholder token id;
+        ``position_rows``: rows of the model's ``position_ids`` (4 for multimodal rotary), for packing."""
         if "passes" in batch:
             return batch
         sides = [batch["anchor"], batch["positive"]] + ([batch["negative"]] if batch["negative"] is not None else [])
-        chunk = self.cache_chunk
-        # with chunks, joining text sides pads no forward pass (each chunk drops its own), so fusing joins them all
-        max_padding = float("inf") if chunk and self.fuse_max_padding is not None else self.fuse_max_padding
-        passes = []
-        for inputs, members in fuse(sides, pad_id, max_padding):
-            restore = None
-            if chunk and set(inputs) <= TEXT_ONLY:  # sorted by length, chunks carry little padding and can be
-                inputs, restore = sort_by_length(inputs)  # filled with more short rows (plan_chunks' fill)
-            chunks = plan_chunks(inputs, chunk, token_ids, fill=restore is not None) if chunk else None
+        join_all = (self.caches or self.packs) and self.fuse_max_padding is not None
+        passes, real, computed = [], 0, 0
+        for inputs, members in fuse(sides, pad_id, float("inf") if join_all else self.fuse_max_padding):
+            lengths = inputs["attention_mask"].sum(dim=1).tolist()
+            text, restore = set(inputs) <= TEXT_ONLY, None
+            budget = self.cache_tokens or (self.cache_chunk and self.cache_chunk * max(lengths))
+            if self.packs and text:
+                width = min(self.pack_tokens, budget or self.pack_tokens)
+                inputs, spans = pack(inputs, width, pad_id, position_rows)
+                chunks = chunk_rows(spans, inputs["input_ids"].shape[1], budget) if budget else None
+                cost = inputs["input_ids"].numel()
+            else:
+                if self.caches and text:  # sorted by length, chunks carry little padding and can be
+                    inputs, restore = sort_by_length(inputs)  # filled with more short rows (plan_chunks' fill)
+                chunks = None if not self.caches else plan_chunks(
+                    inputs, self.cache_chunk, token_ids, fill=restore is not None, budget=self.cache_tokens)
+                width = inputs["input_ids"].shape[1]
+                cost = (sum((c["rows"][1] - c["rows"][0]) * (width - c["first_col"]) for c in chunks) if chunks
+                        else len(lengths) * width)
+            real, computed = real + sum(lengths), computed + cost
             passes.append({"inputs": inputs, "sides": members, "chunks": chunks, "restore": restore,
-                           "sizes": [sides[i]["input_ids"].shape[0] for i in members]})
+                           "packed": "last_index" in inputs, "sizes": [sides[i]["input_ids"].shape[0] for i in members]})
         return {"passes": passes, "sides": len(sides), "rows": batch["anchor"]["input_ids"].shape[0],
-                "modality": batch["modality"]}
+                "modality": batch["modality"], "tokens": {"real": real, "computed": computed}}
 
     @staticmethod
     def embed(embedder, planned: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -91,4 +134,5 @@ class Step:
         return loss_fn(*self.embed(embedder, planned))
 
     def __repr__(self) -> str:
-        return f"Step(fuse_max_padding={self.fuse_max_padding}, cache_chunk={self.cache_chunk})"
+        return (f"Step(fuse_max_padding={self.fuse_max_padding}, cache_chunk={self.cache_chunk}, cache_tokens="
+                f"{self.cache_tokens}, pack={self.pack}, pack_tokens={self.pack_tokens})")

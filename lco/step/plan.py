@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from lco.errors import BatchLayoutError
+from lco.step.pack import take_rows
 
 ROW_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
 # media kind -> (its grid key, {key: rows per item of that kind}) where "grid" means prod(grid_thw) patch rows
@@ -103,17 +104,19 @@ def _media_counts(batch: dict, token_ids: dict[str, int | None]) -> dict[str, li
     return counts
 
 
-def row_ranges(lengths: list[int], size: int, fill: bool = False) -> list[tuple[int, int]]:
-    """Row ranges ``[(start, end), ...]`` covering ``len(lengths)`` rows in order: ``size`` rows each, or with
-    ``fill`` as many rows as fit the padded-token footprint (rows x longest ``lengths`` in the range) of the
+def row_ranges(lengths: list[int], size: int | None, fill: bool = False,
+               budget: int | None = None) -> list[tuple[int, int]]:
+    """Row ranges ``[(start, end), ...]`` covering ``len(lengths)`` rows in order: ``size`` rows each; with
+    ``fill``, as many rows as fit the padded-token footprint (rows x longest ``lengths`` in the range) of the
     largest ``size``-row range, so no range costs more activation memory than a ``size``-row one would, and
     short rows share fewer, fuller forward passes (on a batch sorted longest first: ``size`` rows of the
-    longest, then more and more of the shorter)."""
+    longest, then more and more of the shorter); with ``budget``, as many rows as fit that footprint (tokens)."""
     n = len(lengths)
-    fixed = [(start, min(start + size, n)) for start in range(0, n, size)]
-    if not fill:
-        return fixed
-    budget = max((end - start) * max(lengths[start:end]) for start, end in fixed)
+    if budget is None:
+        fixed = [(start, min(start + size, n)) for start in range(0, n, size)]
+        if not fill:
+            return fixed
+        budget = max((end - start) * max(lengths[start:end]) for start, end in fixed)
     ranges, start = [], 0
     while start < n:
         end, width = start + 1, lengths[start]
@@ -125,14 +128,16 @@ def row_ranges(lengths: list[int], size: int, fill: bool = False) -> list[tuple[
     return ranges
 
 
-def plan_chunks(batch: dict, size: int, token_ids: dict[str, int | None] | None = None,
-                fill: bool = False) -> list[dict]:
-    """Chunks of ``size`` rows (``fill``: filled up to the same padded-token footprint, see ``row_ranges``):
-    ``{"rows": (start, end), "first_col": c, "media": {key: (start, end)}}``.
+def plan_chunks(batch: dict, size: int | None, token_ids: dict[str, int | None] | None = None,
+                fill: bool = False, budget: int | None = None) -> list[dict]:
+    """Chunks of ``size`` rows (``fill``: filled up to the same padded-token footprint; ``budget``: rows up to
+    that many padded tokens; see ``row_ranges``): ``{"rows": (start, end), "first_col": c, "media": {key:
+    (start, end)}}``.
 
     Computed on the host (CPU tensors) before the batch moves to the device. ``token_ids`` maps ``image``,
     ``video``, ``audio`` to the model's placeholder token ids; needed only when the batch has media (whose
-    chunks are never filled: their memory is not counted in tokens).
+    chunks are never filled by ``size``: their memory is not counted in tokens; a ``budget`` counts their
+    placeholder tokens).
     """
     unknown = set(batch) - TEXT_ONLY - {k for _, keys in MEDIA.values() for k in keys}
     if unknown:
@@ -142,7 +147,7 @@ def plan_chunks(batch: dict, size: int, token_ids: dict[str, int | None] | None 
     counts = _media_counts(batch, token_ids or {})
     cursor = {key: 0 for _, keys in MEDIA.values() for key in keys if key in batch}
     chunks = []
-    for start, end in row_ranges(real.sum(dim=1).tolist(), size, fill=fill and not counts):
+    for start, end in row_ranges(real.sum(dim=1).tolist(), size, fill=fill and not counts, budget=budget):
         used = real[start:end].any(dim=0).nonzero()
         first_col = int(used[0]) if len(used) else 0
         media = {}
@@ -172,7 +177,10 @@ def plan_chunks(batch: dict, size: int, token_ids: dict[str, int | None] | None 
 
 def take(batch: dict, chunk: dict) -> dict:
     """The chunk's rows (leading padding dropped) and media slices; device-agnostic, no host sync. Media kinds
-    with no item in the chunk are left out, as the processor leaves them out of a batch without them."""
+    with no item in the chunk are left out, as the processor leaves them out of a batch without them. A packed
+    chunk (``pack.chunk_rows``) is a range of packed rows (``pack.take_rows``)."""
+    if "packed" in chunk:
+        return take_rows(batch, chunk)
     start, end = chunk["rows"]
     out = {key: batch[key][start:end, chunk["first_col"]:] for key in ROW_KEYS if key in batch}
     for key, (a, b) in chunk["media"].items():

@@ -1,0 +1,102 @@
+"""Padding-free packing of a text-only forward pass: items laid end to end in rows of a token budget.
+
+``pack(batch, width, pad_id, position_rows)`` takes a left-padded text-only processor batch (``input_ids``,
+``attention_mask``, optional ``mm_token_type_ids``, all [N, T]) and returns the same N items packed:
+
+- ``input_ids`` [R, W]: consecutive items' real tokens, row after row (``row_spans``: rows of at most ``width``
+  tokens, about equally full), each row's tail ``pad_id``;
+- ``position_ids`` [R, W] (``position_rows=1``), or [4, R, W] for the Qwen VL/Omni multimodal rotary layout (text
+  positions, then temporal/height/width, all equal for text): 0, 1, ... within each item, and again over a row's
+  padding tail;
+- ``mm_token_type_ids`` [R, W] when the batch has it (0 = text, as for padding);
+- ``item_ids`` [R, W] (long): the item each slot holds, -1 for padding, and ``last_index`` [N] (long): the flat
+  index (row x W + column) of each item's last token. The ``Embedder`` pools with these and does not pass them on.
+
+No ``attention_mask``: transformers (5.x) then reads the packing from ``position_ids`` (a position that does not
+follow its left neighbour by one starts a new sequence: ``masking_utils.find_packed_sequence_indices``) and keeps
+attention inside each item: a block-diagonal causal mask for sdpa/eager/flex attention, varlen kernels for flash
+attention. Every item sees the tokens and rotary positions it has in the padded batch, so its embedding and
+gradients are the same (``tests/test_packing.py``); only the padding is no longer computed.
+
+Hand-written rather than transformers' ``DataCollatorWithFlattening``: that collator makes one row of a whole
+batch from unpadded features, while the step packs an already collated, fused pass into rows of a budget (and
+GradCache chunks of rows), and needs each item's last-token index for pooling.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lco.errors import BatchLayoutError
+
+PACK_KEYS = ("item_ids", "last_index")  # the Embedder's, not the model's
+
+
+def row_spans(lengths: list[int], width: int) -> list[tuple[int, int]]:
+    """Item ranges ``[(start, end), ...]``, one per packed row, covering the items in order, in rows of at most
+    ``width`` tokens (or the longest item's, if longer), balanced so that rows end about equally full and the
+    packed tensor (as wide as its fullest row) pads little: with ``rows = ceil(total / width)``, each row takes
+    items while that brings it closer to an equal share of the tokens left."""
+    total = sum(lengths)
+    width = max(width, max(lengths, default=0))
+    rows_left = max(-(-total // width), 1)
+    spans, start, used, left = [], 0, 0, total
+    for i, n in enumerate(lengths):
+        if i > start and (used + n > width or used + n / 2 > left / rows_left):
+            spans.append((start, i))
+            start, left, rows_left, used = i, left - used, max(rows_left - 1, 1), 0
+        used += n
+    if lengths:
+        spans.append((start, len(lengths)))
+    return spans
+
+
+def pack(batch: dict, width: int, pad_id: int, position_rows: int = 1) -> tuple[dict, list[tuple[int, int]]]:
+    """The packed batch (see the module docstring) and its rows' item ranges. Host-side, CPU tensors."""
+    mask = batch["attention_mask"].bool()
+    lengths = mask.sum(dim=1)
+    if (lengths == 0).any():
+        raise BatchLayoutError("a row of the batch has no real token (attention_mask all 0); it cannot be packed")
+    spans = row_spans(lengths.tolist(), width)
+    fills = [int(lengths[a:b].sum()) for a, b in spans]
+    rows, cols = len(spans), max(fills)
+    item_row = torch.repeat_interleave(torch.arange(rows), torch.tensor([b - a for a, b in spans]))
+    starts = lengths.cumsum(0) - lengths  # each item's first token in the flat token order
+    row_start = torch.tensor([int(starts[a]) for a, _ in spans])
+    item_col = starts - row_start[item_row]
+    token_item = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
+    token_pos = torch.arange(int(lengths.sum())) - starts[token_item]
+    where = (item_row[token_item], item_col[token_item] + token_pos)
+    out = {"input_ids": batch["input_ids"].new_full((rows, cols), pad_id)}
+    out["input_ids"][where] = batch["input_ids"][mask]
+    if "mm_token_type_ids" in batch:
+        out["mm_token_type_ids"] = batch["mm_token_type_ids"].new_zeros((rows, cols))
+        out["mm_token_type_ids"][where] = batch["mm_token_type_ids"][mask]
+    positions = torch.arange(cols).expand(rows, cols) - torch.tensor(fills)[:, None]  # padding tails: 0, 1, ...
+    positions[where] = token_pos
+    out["position_ids"] = positions if position_rows == 1 else positions.expand(position_rows, rows, cols).clone()
+    out["item_ids"] = torch.full((rows, cols), -1, dtype=torch.long)
+    out["item_ids"][where] = token_item
+    out["last_index"] = item_row * cols + item_col + lengths - 1
+    return out, spans
+
+
+def chunk_rows(spans: list[tuple[int, int]], width: int, budget: int) -> list[dict]:
+    """GradCache chunks of a packed pass: consecutive rows, as many as fit ``budget`` tokens (at least one).
+    Each is ``{"rows": (first item, end item), "packed": (first row, end row), "first_col": 0, "media": {}}``
+    (``rows`` is what ``cached_embed`` slices the embedding gradient by)."""
+    per_chunk = max(1, budget // width)
+    return [{"rows": (spans[r][0], spans[min(r + per_chunk, len(spans)) - 1][1]),
+             "packed": (r, min(r + per_chunk, len(spans))), "first_col": 0, "media": {}}
+            for r in range(0, len(spans), per_chunk)]
+
+
+def take_rows(batch: dict, chunk: dict) -> dict:
+    """A packed chunk's rows, its items' pooling indices shifted to the chunk; no host sync."""
+    (first, end), (r0, r1) = chunk["rows"], chunk["packed"]
+    width = batch["input_ids"].shape[1]
+    out = {key: batch[key][..., r0:r1, :] for key in ("input_ids", "position_ids", "mm_token_type_ids")
+           if key in batch}
+    out["item_ids"] = (batch["item_ids"][r0:r1] - first).clamp_min(-1)
+    out["last_index"] = batch["last_index"][first:end] - r0 * width
+    return out
