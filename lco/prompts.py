@@ -33,6 +33,7 @@ class Prompter:
 
     suffixes: dict[str, str] = field(default_factory=lambda: dict(REFERENCE_SUFFIXES))
     system: str | None = None  # None: the checkpoint's chat template decides (Qwen adds its default system turn)
+    _frames: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # id(processor) -> frame
 
     def __post_init__(self):
         bad = {k: v for k, v in dict(self.suffixes).items() if not isinstance(v, str)}
@@ -52,5 +53,28 @@ class Prompter:
         return turns
 
     def render(self, processor, item: dict) -> str:
-        """The prompt string the model sees (special tokens included, generation prompt appended)."""
+        """The prompt string the model sees (special tokens included, generation prompt appended). A text item
+        is put into its frame (``frame``) when the template has one, else rendered by the template."""
+        frame = self._frames.get(id(processor)) if modality(item) == "text" else None
+        if frame is None and modality(item) == "text" and id(processor) not in self._frames:
+            frame = self._frames[id(processor)] = self.frame(processor)
+        if frame is not None:
+            return frame[0] + (item.get("text") or "") + frame[1]
+        return self._template(processor, item)
+
+    def _template(self, processor, item: dict) -> str:
         return processor.apply_chat_template(self.messages(item), tokenize=False, add_generation_prompt=True)
+
+    def frame(self, processor) -> tuple[str, str] | None:
+        """(before, after): a text item's prompt is ``before + text + after``, if the chat template places the
+        text verbatim (it is rendered once around a marker, then checked on probes with edge whitespace, braces,
+        markup and non-ASCII text); None if it alters the text, and every item is then rendered by the template.
+        Rendering the Jinja template per item was ~10% of ``Embedder.encode`` on the tiny twins."""
+        marker = "\x00lco-text\x00"
+        before, found, after = self._template(processor, {"text": marker}).partition(marker)
+        if not found or marker in after:
+            return None
+        probes = ["", "  leading and trailing  \n", "{{ braces }} {% tags %} <b>markup</b> \\n",
+                  "Größe 大小 🙂\t"]
+        ok = all(self._template(processor, {"text": p}) == before + p + after for p in probes)
+        return (before, after) if ok else None

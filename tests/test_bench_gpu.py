@@ -36,13 +36,29 @@ def test_dry_run_gradcache_step_equals_plain_step(tmp_path):
 
 
 def test_dry_run_writes_results(tmp_path):
+    """Padded and packed scenarios in one run on All-NLI-shaped prompts: real tokens are counted apart from
+    padding, packing computes fewer tokens for the same triplets, and the report says so."""
     result = run(compose_train(tmp_path, DRY + [f"output_dir={tmp_path}"], config_name="bench_gpu"))
     saved = json.loads((tmp_path / "gpu_results.json").read_text())
-    small, large = saved["scenarios"]
-    assert (small["batch"], small["chunk"], large["batch"], large["chunk"]) == (3, None, 6, 9)  # chunk: 3 sides x 3
-    assert large["tokens_per_s"] == pytest.approx(3 * 6 * 12 / large["step_s"])
-    assert result["peak_tflops"] is None and large["mfu"] is None  # no MFU without a known device peak
-    assert "| 6 | 9 |" in (tmp_path / "gpu_results.md").read_text()
+    assert [(r["batch"], r["chunk"], r["packed"]) for r in saved["scenarios"]] == [
+        (3, None, False), (6, 9, False), (3, None, True), (6, 9, True)]  # chunk: 3 sides x 3 triplets
+    assert saved["scenarios"][0]["real_fraction"] < 0.9 < saved["scenarios"][2]["real_fraction"] <= 1.0
+    padded, packed = saved["scenarios"][1], saved["scenarios"][3]  # GradCache: sorted, filled chunks pad less
+    assert padded["real_fraction"] < packed["real_fraction"] <= 1.0
+    assert padded["paper_gpu_hours"] == pytest.approx(552000 / padded["triplets_per_s"] / 3600)
+    assert set(saved["packing_speedup"]) == {"3", "6"} and saved["lengths"] == "allnli"
+    assert saved["packing_speedup"]["6"] == packed["triplets_per_s"] / padded["triplets_per_s"]
+    assert padded["losses"][0] == pytest.approx(packed["losses"][0], rel=1e-5)  # same first batch, same loss
+    assert result["peak_tflops"] is None and packed["mfu"] is None  # no MFU without a known device peak
+    assert "| 6 | 9 | yes |" in (tmp_path / "gpu_results.md").read_text()
+
+
+def test_uniform_lengths_count_every_token(tmp_path):
+    result = run(compose_train(tmp_path, DRY + ["lengths=uniform", "pack=[false]", f"output_dir={tmp_path}"],
+                               config_name="bench_gpu"))
+    small, large = result["scenarios"]
+    assert small["real_fraction"] == large["real_fraction"] == 1.0 and result["packing_speedup"] == {}
+    assert large["real_tokens_per_s"] == pytest.approx(3 * 6 * 12 * large["triplets_per_s"] / 6)
 
 
 def test_bad_settings_fail_before_building(tmp_path):
@@ -50,6 +66,10 @@ def test_bad_settings_fail_before_building(tmp_path):
         run(compose_train(tmp_path, DRY[:2] + ["per_device_batch=4", "global_batch=6"], config_name="bench_gpu"))
     with pytest.raises(ConfigError, match="must exceed warmup"):
         run(compose_train(tmp_path, DRY[:2] + ["steps=2", "warmup=2"], config_name="bench_gpu"))
+    with pytest.raises(ConfigError, match="lengths='nli': use allnli"):
+        run(compose_train(tmp_path, DRY + ["lengths=nli"], config_name="bench_gpu"))
+    with pytest.raises(ConfigError, match=r"pack=\['yes'\]: give a list of true/false"):
+        run(compose_train(tmp_path, DRY + ["pack=[yes]"], config_name="bench_gpu"))
     if torch.cuda.is_available():
         return
     with pytest.raises(ConfigError, match="needs a CUDA GPU"):
@@ -62,7 +82,7 @@ def test_nf4_path_reloads_the_same_model_and_skips_global(tmp_path, monkeypatch)
     the directly built model's loss, and global_batch=null times the per-device scenario alone."""
     import lco.models.backbone as backbone
 
-    args = DRY + ["method.dropout=0", "global_batch=null", f"output_dir={tmp_path}"]
+    args = DRY + ["method.dropout=0", "global_batch=null", "pack=[false]", f"output_dir={tmp_path}"]
     direct = run(compose_train(tmp_path, args, config_name="bench_gpu"))
     with pytest.raises(ConfigError, match="quantization=nf4 loads the base in 4-bit"):
         run(compose_train(tmp_path, args + ["quantization=nf4"], config_name="bench_gpu"))

@@ -64,16 +64,45 @@ def test_lco_and_st_trainers_reach_the_same_lora_weights(tmp_path, chunk):
 
 
 def test_bench_writes_peer_results(tmp_path):
-    result = run(_cfg(tmp_path, ["parts=[b,d]"]))
+    result = run(_cfg(tmp_path, ["parts=[b,d,e]"]))
     saved = json.loads((tmp_path / "results.json").read_text())
-    b, d = saved["parts"]["b"], saved["parts"]["d"]
-    assert b["model"] == d["model"] == "lco-tiny/tiny_text" and result["parts"]["b"]["steps"] == 2
-    row = b["rounds"][0]
-    assert row["lco_ratio"] == row["st_cached_s"] / row["lco_s"] == b["lco_ratio_median"]
-    assert b["lco_triplets_per_s"] == 8 / b["lco_s_median"] and b["st_cached_triplets_per_s"] == 8 / row["st_cached_s"]
-    assert b["ratio"] == b["lco_cached_ratio_median"] == b["st_cached_s_median"] / b["lco_cached_s_median"]
+    b, d, e = saved["parts"]["b"], saved["parts"]["d"], saved["parts"]["e"]
+    assert b["model"] == d["model"] == e["model"] == "lco-tiny/tiny_text" and result["parts"]["b"]["steps"] == 2
+    assert set(b["shapes"]) == set(e["shapes"]) == {"allnli", "uniform"}
+    for shape in b["shapes"].values():
+        row = shape["rounds"][0]
+        assert row["lco_ratio"] == row["st_cached_s"] / row["lco_s"] == shape["lco_ratio_median"]
+        assert shape["lco_triplets_per_s"] == 8 / shape["lco_s_median"]
+        assert shape["ratio"] == shape["lco_cached_ratio_median"] == row["st_cached_s"] / row["lco_cached_s"]
+    assert b["ratio"] == min(shape["ratio"] for shape in b["shapes"].values())
     assert d["rounds"][0]["ratio"] == d["rounds"][0]["st_s"] / d["rounds"][0]["lco_s"] == d["ratio_median"]
     assert d["min_cosine"] >= 0.999 and d["items"] == 24
+    # (e): packing computes (nearly) only real tokens; padding costs All-NLI-shaped batches more than uniform ones
+    allnli, uniform = e["shapes"]["allnli"], e["shapes"]["uniform"]
+    assert allnli["padded"] < uniform["padded"] <= 1.0 and allnli["padded"] < 0.85
+    assert allnli["packed_512"] > 0.9 and allnli["packed_512"] > allnli["padded"]
+    assert allnli["time_128"]["speedup"] > 0 and set(allnli["time_128"]) == {"padded_s", "packed_s", "speedup"}
     text = (tmp_path / "results.md").read_text()
     assert "## (b) lco vs sentence-transformers training" in text and f"**{b['ratio']:.3f}**" in text
+    assert "### uniform: `nli_shaped(n=16, seed=0, uniform_words=12)`" in text
     assert "## (d) lco vs sentence-transformers embedding" in text and f"**{d['ratio_median']:.3f}**" in text
+    assert "## (e) Padding-free packing" in text and f"| allnli | {allnli['padded']:.3f} |" in text
+
+
+def test_all_nli_shaped_lengths():
+    """The stated shape: anchors ~16 words with a long tail, positives/negatives ~9; one token per word."""
+    from lco.bench.lengths import NliShaped
+    from lco.models.tiny import build_processor
+
+    records = NliShaped(n=2000, seed=1).load()
+    words = {side: sorted(len(r[side]["text"].split()) if side != "negatives" else len(r[side][0]["text"].split())
+                          for r in records) for side in ("anchor", "positive", "negatives")}
+    assert 14 <= words["anchor"][1000] <= 18 and 8 <= words["positive"][1000] <= 10
+    assert words["anchor"][200] <= 11 and words["anchor"][1800] >= 25 and words["anchor"][-1] <= 80
+    tokenizer = build_processor("tiny_text")
+    text = records[0]["anchor"]["text"]
+    assert len(tokenizer(text, add_special_tokens=False)["input_ids"]) == len(text.split())
+    uniform = NliShaped(n=50, uniform_words=12).load()
+    assert {len(r["positive"]["text"].split()) for r in uniform} == {12}
+    with pytest.raises(ValueError, match="uniform_words=0"):
+        NliShaped(uniform_words=0)

@@ -12,11 +12,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from lco.bench.loop import part_a
 from lco.bench.memory import part_c
+from lco.bench.packing import part_e
 from lco.bench.peers import part_b, part_d
 from lco.cli import entry
 from lco.config import check_config
 
-PARTS = {"a": part_a, "b": part_b, "c": part_c, "d": part_d}
+PARTS = {"a": part_a, "b": part_b, "c": part_c, "d": part_d, "e": part_e}
 
 
 def run(cfg: DictConfig) -> dict:

@@ -2,21 +2,26 @@
 
 Builds the Qwen2.5-Omni thinker (decoder + vision + audio towers) from the published shapes (``SIZES``; FIELD_NOTES
 section 2) in bf16 on the GPU, wraps it in lco's ``Embedder`` with the real Qwen tokenizer and the configured
-method (LoRA r=64 by default), turns on non-reentrant gradient checkpointing (``gradient_checkpointing``), and
-times lco's training step
-(``ContrastiveModule``'s plan + embed + InfoNCE + backward + AdamW) on random-token text triplets of
-``seq_len`` tokens per item:
+method (LoRA r=64 by default), with non-reentrant gradient checkpointing as lco.train sets it
+(``gradient_checkpointing=auto``: on, except under GradCache, whose chunks bound the activations), and times
+lco's training step (``ContrastiveModule``'s plan + embed + InfoNCE + backward + AdamW) on text triplets:
+``lengths=allnli`` (default) draws All-NLI-shaped items (``lco/bench/lengths.py``) wrapped in the paper's prompt
+and Qwen's chat template by lco's ``Preprocessor``; ``lengths=uniform`` gives every item ``seq_len`` random
+tokens (the earlier benchmark). Scenarios, each for every ``pack`` setting (padded, and padding-free packed
+text passes: ``step.pack``):
 
 - ``per_device_batch`` triplets without GradCache (the reference: 33 per GPU), and
-- ``global_batch`` triplets on this one device through GradCache, each chunk one device's fused forward pass
-  (``3 x per_device_batch`` items: anchors, positives, negatives), the reference's global 1056 that it spreads
-  over 32 GPUs (``global_batch=null`` skips it).
+- ``global_batch`` triplets on this one device through GradCache, each chunk the padded tokens of one device's
+  fused forward pass (``3 x per_device_batch`` items: anchors, positives, negatives), the reference's global
+  1056 that it spreads over 32 GPUs (``global_batch=null`` skips it).
 
 ``quantization=nf4`` saves the random model as an HF folder under ``output_dir`` and reloads it with
 ``load_backbone`` in 4-bit NF4 (QLoRA, the users' path).
 
-Reported per scenario: seconds per step, tokens/s, model-FLOP utilisation and peak memory. Model FLOPs per
-token are ``4 N + 12 L H Q T`` (N decoder matmul parameters, L layers, H heads, Q head dim, T tokens per item):
+Reported per scenario: seconds per step, triplets/s, real (unpadded) tokens/s, real / computed tokens,
+model-FLOP utilisation counted on real tokens, peak memory, and the paper's text run (``paper_triplets``: 276K
+triplets x 2 epochs) extrapolated to GPU-hours on this one device. Model FLOPs per real token of an item of T
+tokens are ``4 N + 12 L H Q T`` (N decoder matmul parameters, L layers, H heads, Q head dim):
 forward (2N + 4LHQT) plus the backward for activations (2N for the frozen weights, which need no weight
 gradients; 8LHQT for attention, which has no weights and needs gradients for Q, K and V); recomputation
 (checkpointing, GradCache's second forward) is not counted, as MFU conventionally does. ``size=dry_run`` builds
@@ -115,43 +120,60 @@ def _backbone(cfg: DictConfig, device: torch.device):
                              quantization=cfg.quantization)
 
 
-def _module(cfg: DictConfig, device: torch.device, chunk: int | None):
+def _module(cfg: DictConfig, device: torch.device, chunk: int | None, pack: bool):
     from lco.models.embedder import configured
-    from lco.module import ContrastiveModule
+    from lco.module import ContrastiveModule, checkpointing
 
     backbone = _backbone(cfg, device)
     with open_dict(cfg):
-        cfg.step.cache_chunk = chunk
+        cfg.step.cache_chunk, cfg.step.pack = chunk, pack
     module = ContrastiveModule(configured(cfg, backbone), instantiate(cfg.method), instantiate(cfg.loss),
                                instantiate(cfg.step), partial(torch.optim.AdamW, lr=1e-4),
                                gradient_checkpointing=cfg.gradient_checkpointing, max_nonfinite_skips=0).to(device)
-    if cfg.gradient_checkpointing:
+    if checkpointing(cfg.gradient_checkpointing, device.type == "cuda", module.step.caches):
         module.embedder.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return module
 
 
-def _batch(batch_size: int, seq_len: int, generator: torch.Generator) -> dict:
-    side = lambda: {"input_ids": torch.randint(0, 151000, (batch_size, seq_len), generator=generator),  # noqa: E731
-                    "attention_mask": torch.ones(batch_size, seq_len, dtype=torch.long)}
+def _batch(cfg: DictConfig, module, batch_size: int, step: int, generator: torch.Generator) -> dict:
+    """One collated batch of ``batch_size`` triplets: All-NLI-shaped prompts (drawn per step), or random tokens."""
+    if cfg.lengths == "allnli":
+        from lco.bench.lengths import NliShaped
+        from lco.data.collate import TripletCollator
+
+        records = NliShaped(n=batch_size, seed=cfg.seed * 100_003 + step).load()
+        return TripletCollator(module.embedder.preprocessor)(records)
+    shape = (batch_size, cfg.seq_len)
+    side = lambda: {"input_ids": torch.randint(0, 151000, shape, generator=generator),  # noqa: E731
+                    "attention_mask": torch.ones(shape, dtype=torch.long)}
     return {"anchor": side(), "positive": side(), "negative": side(), "modality": {}}
 
 
-def scenario(cfg: DictConfig, device: torch.device, batch_size: int, chunk: int | None) -> dict:
-    """Time ``cfg.steps`` training steps (first ``cfg.warmup`` not counted) of one (batch, chunk) setting."""
+def real_flops(text_config, lengths: list[int]) -> float:
+    """Model FLOPs of a training step over items of ``lengths`` real tokens (padding not counted)."""
+    return sum(n * model_flops_per_token(text_config, n) for n in lengths)
+
+
+def scenario(cfg: DictConfig, device: torch.device, batch_size: int, chunk: int | None, pack: bool = False) -> dict:
+    """Time ``cfg.steps`` training steps (first ``cfg.warmup`` not counted) of one (batch, chunk, pack) setting."""
     from pytorch_lightning.utilities import move_data_to_device
 
     gc.collect()  # the previous scenario's model (reference cycles) must be gone before memory is measured
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    module = _module(cfg, device, chunk)
+    module = _module(cfg, device, chunk, pack)
     optimizer = module.configure_optimizers()
     generator = torch.Generator().manual_seed(cfg.seed)
-    times, losses = [], []
+    times, losses, flops, real, computed = [], [], [], [], []
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    for _ in range(cfg.steps):
-        batch = move_data_to_device(module.on_before_batch_transfer(_batch(batch_size, cfg.seq_len, generator), 0),
-                                    device)
+    text_config = module.embedder.model.config.get_text_config()
+    for i in range(cfg.steps):
+        batch = _batch(cfg, module, batch_size, i, generator)
+        lengths = [n for side in ("anchor", "positive", "negative")
+                   for n in batch[side]["attention_mask"].sum(1).tolist()]
+        planned = module.on_before_batch_transfer(batch, 0)
+        batch = move_data_to_device(planned, device)
         start = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             loss = module.batch_loss(batch)
@@ -162,14 +184,20 @@ def scenario(cfg: DictConfig, device: torch.device, batch_size: int, chunk: int 
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
         losses.append(float(loss.detach()))
-    step = statistics.median(times[cfg.warmup:])
-    tokens = 3 * batch_size * cfg.seq_len
-    flops = tokens * model_flops_per_token(module.embedder.model.config.get_text_config(), cfg.seq_len)
+        flops.append(real_flops(text_config, lengths))
+        real.append(planned["tokens"]["real"])
+        computed.append(planned["tokens"]["computed"])
+    timed = slice(cfg.warmup, None)
+    step, seconds = statistics.median(times[timed]), sum(times[timed])
     peak = _peak_tflops(cfg, device)
+    tflops = sum(flops[timed]) / seconds / 1e12
     params = sum(p.numel() for p in module.parameters())
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
-    return {"batch": batch_size, "chunk": chunk, "step_s": step, "tokens_per_s": tokens / step,
-            "model_tflops_per_s": flops / step / 1e12, "mfu": flops / step / 1e12 / peak if peak else None,
+    triplets_per_s = batch_size * len(times[timed]) / seconds
+    return {"batch": batch_size, "chunk": chunk, "packed": pack, "step_s": step, "triplets_per_s": triplets_per_s,
+            "real_tokens_per_s": sum(real[timed]) / seconds,
+            "real_fraction": sum(real[timed]) / sum(computed[timed]), "model_tflops_per_s": tflops,
+            "mfu": tflops / peak if peak else None, "paper_gpu_hours": cfg.paper_triplets / triplets_per_s / 3600,
             "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
             "losses": losses, "parameters": params, "trainable": trainable,
             "dtype": str(next(module.embedder.model.parameters()).dtype).replace("torch.", "")}
@@ -182,6 +210,48 @@ def _peak_tflops(cfg: DictConfig, device: torch.device) -> float | None:
         return None
     name = torch.cuda.get_device_name()
     return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package)
+
+
+def _speedups(rows: list[dict]) -> dict[str, float]:
+    """Packed / padded triplets/s per batch size, where both were measured."""
+    by = {(r["batch"], r["packed"]): r["triplets_per_s"] for r in rows}
+    return {str(batch): by[(batch, True)] / by[(batch, False)] for batch, packed in by
+            if packed and (batch, False) in by}
+
+
+def _report(cfg: DictConfig, result: dict) -> list[str]:
+    rows = result["scenarios"]
+    base = "4-bit NF4 base, bf16 compute" if cfg.quantization else rows[0]["dtype"]
+    packed = " (4-bit weights counted as stored: two per parameter)" if cfg.quantization else ""
+    shape = ("All-NLI-shaped items (`lco/bench/lengths.py`) in the paper's prompt and Qwen's chat template"
+             if cfg.lengths == "allnli" else f"{cfg.seq_len} random tokens per item")
+    lines = [f"# lco GPU benchmark ({result['when']}, {result['device']}, torch {result['torch']}, transformers "
+             f"{result['transformers']}, peft {result['peft']})", "",
+             f"Qwen2.5-Omni thinker `{cfg.size}` from published shapes, random weights ({base}); "
+             f"LoRA r={cfg.method.r}; attention `{cfg.attn_implementation}`; gradient checkpointing "
+             f"`{cfg.gradient_checkpointing}` (auto: on, off under GradCache); {shape}, 3 items per triplet; "
+             f"{rows[0]['parameters']:,} parameters{packed}, {rows[0]['trainable']:,} trainable. "
+             f"Command: `python -m lco.bench.gpu {' '.join(_overrides(cfg))}`. MFU counts real (unpadded) tokens "
+             f"only; GPU-hours: the paper's text run ({cfg.paper_triplets:,} triplets) at this rate on one device.",
+             "", "| triplets per step | GradCache chunk | packed | s/step | triplets/s | real tokens/s | real / "
+             "computed | model TFLOP/s | MFU | peak GiB | paper GPU-h |", "|---" * 11 + "|"]
+    for r in rows:
+        mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
+        mem = f"{r['peak_memory_gib']:.1f}" if r["peak_memory_gib"] is not None else "n/a"
+        lines.append(f"| {r['batch']} | {r['chunk'] or 'off'} | {'yes' if r['packed'] else 'no'} | "
+                     f"{r['step_s']:.3f} | "
+                     f"{r['triplets_per_s']:,.1f} | {r['real_tokens_per_s']:,.0f} | {r['real_fraction']:.2f} | "
+                     f"{r['model_tflops_per_s']:.1f} | {mfu} | {mem} | {r['paper_gpu_hours']:.2f} |")
+    if result["packing_speedup"]:
+        lines += ["", "Packed / padded triplets/s: " + ", ".join(
+            f"**{v:.2f}x** at {k} triplets per step" for k, v in result["packing_speedup"].items()) + "."]
+    return lines
 
 
 def _overrides(cfg: DictConfig) -> list[str]:
@@ -202,34 +272,28 @@ def run(cfg: DictConfig) -> dict:
                           f"{cfg.per_device_batch} (GradCache chunks of one device's triplets).")
     if cfg.steps <= cfg.warmup:
         raise ConfigError(f"steps={cfg.steps} must exceed warmup={cfg.warmup}: no step would be timed.")
+    if cfg.lengths not in ("allnli", "uniform"):
+        raise ConfigError(f"lengths={cfg.lengths!r}: use allnli (All-NLI-shaped prompts) or uniform (seq_len tokens).")
+    if not cfg.pack or any(p not in (True, False) for p in cfg.pack):
+        raise ConfigError(f"pack={list(cfg.pack) if cfg.pack else cfg.pack!r}: give a list of true/false, e.g. "
+                          "[false, true] (padded, then packed text passes).")
     device = torch.device("cuda" if torch.cuda.is_available() and cfg.size != "dry_run" else "cpu")
     if device.type == "cpu" and cfg.size != "dry_run":
         raise ConfigError(f"size={cfg.size} needs a CUDA GPU (none visible); use size=dry_run to check the script.")
     if (problem := quantization.environment_problem(cfg.quantization)) is not None:
         raise ConfigError(problem.replace(quantization.KEY, "quantization"))
-    rows = [scenario(cfg, device, cfg.per_device_batch, None)]
-    if cfg.global_batch is not None:  # a chunk = one device's fused pass
-        rows.append(scenario(cfg, device, cfg.global_batch, 3 * cfg.per_device_batch))
+    rows = []
+    for pack in cfg.pack:
+        rows.append(scenario(cfg, device, cfg.per_device_batch, None, pack))
+        if cfg.global_batch is not None:  # a chunk = the padded tokens of one device's fused pass
+            rows.append(scenario(cfg, device, cfg.global_batch, 3 * cfg.per_device_batch, pack))
     result = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": platform.platform(),
               "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
-              "size": cfg.size, "quantization": cfg.quantization, "seq_len": cfg.seq_len,
-              "method": OmegaConf.to_container(cfg.method),
-              "scenarios": rows, "peak_tflops": _peak_tflops(cfg, device)}
-    base = "4-bit NF4 base, bf16 compute" if cfg.quantization else rows[0]["dtype"]
-    packed = " (4-bit weights counted as stored: two per parameter)" if cfg.quantization else ""
-    lines = [f"# lco GPU benchmark ({result['when']}, {result['device']}, torch {result['torch']})", "",
-             f"Qwen2.5-Omni thinker `{cfg.size}` from published shapes, random weights ({base}); "
-             f"LoRA r={cfg.method.r}; "
-             f"gradient checkpointing {'on' if cfg.gradient_checkpointing else 'off'}; {cfg.seq_len} tokens per item, "
-             f"3 items per triplet; {rows[0]['parameters']:,} parameters{packed}, {rows[0]['trainable']:,} trainable. "
-             f"Command: `python -m lco.bench.gpu {' '.join(_overrides(cfg))}`.",
-             "", "| triplets per step | GradCache chunk | s/step | tokens/s | model TFLOP/s | MFU | peak GiB |",
-             "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
-        mem = f"{r['peak_memory_gib']:.1f}" if r["peak_memory_gib"] is not None else "n/a"
-        lines.append(f"| {r['batch']} | {r['chunk'] or 'off'} | {r['step_s']:.3f} | {r['tokens_per_s']:,.0f} | "
-                     f"{r['model_tflops_per_s']:.1f} | {mfu} | {mem} |")
+              "transformers": _version("transformers"), "peft": _version("peft"), "size": cfg.size,
+              "quantization": cfg.quantization, "lengths": cfg.lengths, "seq_len": cfg.seq_len,
+              "method": OmegaConf.to_container(cfg.method), "scenarios": rows, "peak_tflops": _peak_tflops(cfg, device),
+              "paper_triplets": cfg.paper_triplets, "packing_speedup": _speedups(rows)}
+    lines = _report(cfg, result)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "gpu_results.json").write_text(json.dumps(result, indent=2))

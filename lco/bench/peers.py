@@ -11,7 +11,8 @@ linear warmup schedule and steps. Both read their batches in the main process an
 also renders the chat template there; ST gets pre-rendered strings, so that cost counts against lco and is
 reported). A step is the wall time between consecutive step starts (lco: part (a)'s ``StepTimer``; ST: a
 ``TrainerCallback`` on ``on_step_begin``), the first ``peers.warmup`` steps are dropped, rounds alternate the
-runs, and medians are reported; the ratio is triplets/s lco / triplets/s ST (issue 7's goal: >= 1.2).
+runs, and medians are reported; the ratio is triplets/s lco / triplets/s ST (issue 7's goal: >= 1.2), on each
+data shape of ``peers.sources`` (All-NLI lengths, and uniform lengths: ``lco/bench/lengths.py``).
 ``tests/test_bench_peers.py`` checks that both trainers reach the same LoRA weights.
 
 (d) Inference throughput (items/s): ``Embedder.encode(items, batch_size)`` against ``SentenceTransformer.encode(
@@ -42,12 +43,12 @@ from lco.optim import effective_warmup
 SIDES = ("anchor", "positive", "negative")
 
 
-def peer_cfg(cfg: DictConfig, cache_chunk: int | None = None) -> DictConfig:
-    """``cfg`` with ``model`` = ``peer_model``, ``source`` = ``peers.source``, part (b)'s sizes and
-    ``step.cache_chunk``."""
+def peer_cfg(cfg: DictConfig, cache_chunk: int | None = None, shape: str | None = None) -> DictConfig:
+    """``cfg`` with ``model`` = ``peer_model``, ``source`` = ``peers.sources[shape]`` (default: the first),
+    part (b)'s sizes and ``step.cache_chunk``."""
     out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     with open_dict(out):
-        out.model, out.source = out.peer_model, out.peers.source
+        out.model, out.source = out.peer_model, out.peers.sources[shape or next(iter(out.peers.sources))]
         out.batch_size, out.steps = out.peers.batch_size, out.peers.steps
         out.step.cache_chunk = cache_chunk
     return out
@@ -219,9 +220,10 @@ def render_seconds(encoder, records: list[dict], batch_size: int) -> float:
     return (time.perf_counter() - start) * batch_size / len(records)
 
 
-def part_b(cfg: DictConfig, device: torch.device) -> tuple[dict, list[str]]:
+def _training(cfg: DictConfig, device: torch.device, shape: str) -> tuple[dict, list[str]]:
+    """Part (b) on one data shape (``peers.sources[shape]``): its results and its table."""
     p = cfg.peers
-    cached, base = peer_cfg(cfg, p.chunk), peer_cfg(cfg)
+    cached, base = peer_cfg(cfg, p.chunk, shape), peer_cfg(cfg, shape=shape)
     records = load_records(base)
     start, method, columns, scale = lco_start(base, records)
     rounds = []
@@ -235,9 +237,7 @@ def part_b(cfg: DictConfig, device: torch.device) -> tuple[dict, list[str]]:
         for key in [k for k in row if k.startswith("lco")]:
             row[key[:-2] + "_ratio"] = row["st_cached_s"] / row[key]  # = triplets/s lco / triplets/s ST
         rounds.append(row)
-    result = {"what": "training triplets/s, lco / sentence-transformers (CachedMNRL, mini_batch_size = chunk)",
-              "model": base.model.path, "batch_size": p.batch_size, "steps": p.steps, "warmup": p.warmup,
-              "chunk": p.chunk, "rounds": rounds, "goal": ">= 1.2",
+    result = {"source": instantiate(base.source, n=len(records)).describe(), "rounds": rounds,
               "lco_prompt_s_per_batch": render_seconds(start.preprocessor, records[: 4 * p.batch_size], p.batch_size)}
     for key in rounds[0]:
         result[f"{key}_median"] = statistics.median(r[key] for r in rounds)
@@ -245,27 +245,43 @@ def part_b(cfg: DictConfig, device: torch.device) -> tuple[dict, list[str]]:
         result[key[:-2] + "_triplets_per_s"] = p.batch_size / result[f"{key}_median"]
     head = result["ratio"] = result["lco_cached_ratio_median"]  # median over rounds, as part (a)
     result["ratio_of_medians"] = result["st_cached_s_median"] / result["lco_cached_s_median"]
-    lines = ["## (b) lco vs sentence-transformers training (GradCache on both)", "",
-             f"Model `{base.model.path}` with LoRA r={base.method.r}, alpha={base.method.alpha} on the same modules "
-             f"and the same initial adapter; batch {p.batch_size} text triplets (1 hard negative), chunk "
-             f"{p.chunk} (ST `CachedMultipleNegativesRankingLoss(mini_batch_size={p.chunk})`, lco "
-             f"`step.cache_chunk={p.chunk}`), scale 1/{base.loss.temperature:g}, AdamW lr {base.lr}, {p.steps} steps per run (first "
-             f"{p.warmup} and the last not counted). The cached trainers take turns step by step (coroutines in one "
-             "thread: `lco/bench/turns.py`), so load changes hit both alike; lco uncached runs after "
-             "them, alone. Both tokenize inside the step; lco also prepares the chat prompts there "
-             f"({1000 * result['lco_prompt_s_per_batch']:.1f} ms per batch; ST was given them). lco's cached step embeds "
-             "the three sides in one pass sorted by length, in chunks filled up to the padded tokens of "
-             f"{p.chunk} of the longest items (same peak activation memory, fewer passes); uncached, it fuses them "
-             f"when padding allows (`step.fuse_max_padding={base.step.fuse_max_padding}`).", "",
+    lines = [f"### {shape}: `{result['source']}`", "",
              "| round | ST cached s/step | lco cached s/step | lco uncached s/step | cached: lco / ST triplets/s "
              "| median per-step ratio | uncached lco / ST cached |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {i} | {r['st_cached_s']:.4f} | {r['lco_cached_s']:.4f} | {r['lco_s']:.4f} | "
               f"{r['lco_cached_ratio']:.3f} | {r['pair_ratio']:.3f} | {r['lco_ratio']:.3f} |"
               for i, r in enumerate(rounds)]
-    lines += ["", f"Median ratio (triplets/s lco / ST, both cached): **{head:.3f}** (goal {result['goal']}; ratio of "
-              f"the median steps {result['ratio_of_medians']:.3f}); ST {result['st_cached_triplets_per_s']:.1f} "
-              f"triplets/s, lco cached {result['lco_cached_triplets_per_s']:.1f}, lco uncached "
-              f"{result['lco_triplets_per_s']:.1f}.", ""]
+    lines += ["", f"Median ratio (triplets/s lco / ST, both cached): **{head:.3f}** (ratio of the median steps "
+              f"{result['ratio_of_medians']:.3f}); ST {result['st_cached_triplets_per_s']:.1f} triplets/s, lco cached "
+              f"{result['lco_cached_triplets_per_s']:.1f}, lco uncached {result['lco_triplets_per_s']:.1f}; lco "
+              f"prepared the chat prompts in {1000 * result['lco_prompt_s_per_batch']:.1f} ms per batch.", ""]
+    return result, lines
+
+
+def part_b(cfg: DictConfig, device: torch.device) -> tuple[dict, list[str]]:
+    p, base = cfg.peers, peer_cfg(cfg)
+    shapes, tables = {}, []
+    for shape in p.sources:
+        shapes[shape], lines = _training(cfg, device, shape)
+        tables += lines
+    result = {"what": "training triplets/s, lco / sentence-transformers (CachedMNRL, mini_batch_size = chunk)",
+              "model": base.model.path, "batch_size": p.batch_size, "steps": p.steps, "warmup": p.warmup,
+              "chunk": p.chunk, "shapes": shapes, "goal": ">= 1.2 on every data shape",
+              "ratio": min(r["ratio"] for r in shapes.values())}
+    lines = ["## (b) lco vs sentence-transformers training (GradCache on both)", "",
+             f"Model `{base.model.path}` with LoRA r={base.method.r}, alpha={base.method.alpha} on the same modules "
+             f"and the same initial adapter; batch {p.batch_size} text triplets (1 hard negative), chunk "
+             f"{p.chunk} (ST `CachedMultipleNegativesRankingLoss(mini_batch_size={p.chunk})`, lco "
+             f"`step.cache_chunk={p.chunk}`), scale 1/{base.loss.temperature:g}, AdamW lr {base.lr}, {p.steps} steps "
+             f"per run (first {p.warmup} and the last not counted), on each data shape of `peers.sources`. The cached "
+             "trainers take turns step by step (coroutines in one thread: `lco/bench/turns.py`), so load changes hit "
+             "both alike; lco uncached runs after them, alone. Both tokenize inside the step; lco also prepares the "
+             "chat prompts there (ST was given them). lco's cached step embeds the three sides in one pass sorted by "
+             f"length, in chunks filled up to the padded tokens of {p.chunk} of the longest items (same peak "
+             "activation memory, fewer passes); uncached, it fuses them when padding allows "
+             f"(`step.fuse_max_padding={base.step.fuse_max_padding}`). Both pad (`step.pack={base.step.pack}` packs "
+             "on CUDA only: part (e)).", "", *tables,
+             f"Smallest median ratio over the shapes: **{result['ratio']:.3f}** (goal {result['goal']}).", ""]
     return result, lines
 
 

@@ -27,7 +27,8 @@ def mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
 POOLERS = {"last": last_token, "mean": mean}
 
 
-def pool_packed(hidden: torch.Tensor, item_ids: torch.Tensor, last_index: torch.Tensor, how: str = "last") -> torch.Tensor:
+def pool_packed(hidden: torch.Tensor, item_ids: torch.Tensor, last_index: torch.Tensor,
+                how: str = "last") -> torch.Tensor:
     """Pooling of a packed pass (``lco/step/pack.py``): ``hidden`` [R, W, D], ``item_ids`` [R, W] (-1: padding),
     ``last_index`` [N] (flat index of each item's last token) -> float32 [N, D], item order."""
     if how not in POOLERS:

@@ -74,12 +74,13 @@ class Step:
         """Refuse GradCache under a sharding strategy (``strategy``: its class path or Lightning name)."""
         sharded = next((s for s in SHARDED if s.lower() in strategy.lower()), None)
         if self.caches and sharded:
-            knob = f"step.cache_chunk={self.cache_chunk}" if self.cache_chunk else f"step.cache_tokens={self.cache_tokens}"
+            knob = (f"step.cache_chunk={self.cache_chunk}" if self.cache_chunk
+                    else f"step.cache_tokens={self.cache_tokens}")
             raise ConfigError(
                 f"{knob} (GradCache) is supported with trainer=cpu, gpu, ddp and "
                 f"ddp_cpu, not with {sharded}: its re-forward inside backward would meet sharded parameters lco "
-                "has not tested. Use trainer=ddp (LoRA's trainable weights are small), or set step.cache_chunk=null and "
-                "step.cache_tokens=null.")
+                "has not tested. Use trainer=ddp (LoRA's trainable weights are small), or set "
+                "step.cache_chunk=null and step.cache_tokens=null.")
 
     def plan(self, batch: dict, pad_id: int, token_ids: dict[str, int | None], position_rows: int = 1) -> dict:
         """A collated batch -> its planned passes (see the module docstring); a planned batch is returned as is.
@@ -109,7 +110,8 @@ class Step:
                         else len(lengths) * width)
             real, computed = real + sum(lengths), computed + cost
             passes.append({"inputs": inputs, "sides": members, "chunks": chunks, "restore": restore,
-                           "packed": "last_index" in inputs, "sizes": [sides[i]["input_ids"].shape[0] for i in members]})
+                           "packed": "last_index" in inputs,
+                           "sizes": [sides[i]["input_ids"].shape[0] for i in members]})
         return {"passes": passes, "sides": len(sides), "rows": batch["anchor"]["input_ids"].shape[0],
                 "modality": batch["modality"], "tokens": {"real": real, "computed": computed}}
 
