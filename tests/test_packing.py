@@ -21,7 +21,7 @@ from lco.models.backbone import load_backbone
 from lco.models.embedder import Embedder
 from lco.module import ContrastiveModule, checkpointing
 from lco.step import Step
-from lco.step.pack import pack, row_spans
+from lco.step.pack import assign_rows, pack
 from tests.media_fixtures import write_media
 from tests.test_step import _records
 
@@ -67,30 +67,32 @@ def _step_result(family, name, step, records, pooling="last"):
     return loss.detach(), grads, planned
 
 
-def test_row_spans_fill_balanced_rows_in_order():
-    lengths = [random.Random(i).randint(20, 60) for i in range(40)]  # All-NLI-like items, ~1600 tokens
-    total = sum(lengths)
-    spans = row_spans(lengths, 512)
-    assert spans[0][0] == 0 and spans[-1][1] == len(lengths)
-    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))  # contiguous, in order
-    fills = [sum(lengths[a:b]) for a, b in spans]
-    assert len(spans) == -(-total // 512) and max(fills) <= 512  # the fewest rows, none over the budget
-    assert min(fills) >= total / len(spans) - max(lengths)  # balanced: no short last row
-    assert row_spans([700, 20], 512) == [(0, 1), (1, 2)]  # an item longer than the budget: a row of its own
+def test_rows_are_evenly_filled_within_the_budget():
+    lengths = [random.Random(i).randint(20, 100) for i in range(96)]  # All-NLI-like items, ~5800 tokens
+    rows = assign_rows(lengths, 512)
+    assert sorted(i for row in rows for i in row) == list(range(96))  # every item once
+    fills = [sum(lengths[i] for i in row) for row in rows]
+    assert len(rows) == -(-sum(lengths) // 512) and max(fills) <= 512  # the fewest rows, none over the budget
+    assert sum(fills) / (len(rows) * max(fills)) > 0.98  # as wide as the fullest row, and that pads little
+    assert assign_rows([700, 20], 512) == [[0], [1]]  # an item longer than the budget: a row of its own
+    assert assign_rows([30, 500, 30], 512) == [[1], [0, 2]]  # nothing fits beside 500: a new row
 
 
 def test_pack_lays_items_end_to_end_with_their_own_positions():
     ids = torch.tensor([[0, 0, 11, 12, 13], [21, 22, 23, 24, 25], [0, 0, 0, 31, 32]])
     mask = (ids != 0).long()
-    out, spans = pack({"input_ids": ids, "attention_mask": mask}, width=7, pad_id=0, position_rows=4)
-    assert spans == [(0, 1), (1, 3)]  # 3 + 5 > 7 closes the first row; 5 + 2 fits the second
-    assert out["input_ids"].tolist() == [[11, 12, 13, 0, 0, 0, 0], [21, 22, 23, 24, 25, 31, 32]]
-    assert out["position_ids"].shape == (4, 2, 7)
+    out, spans, restore = pack({"input_ids": ids, "attention_mask": mask}, width=7, pad_id=0, position_rows=4)
+    assert spans == [(0, 1), (1, 3)]  # 2 rows: the 5-token item alone, then the 3- and 2-token ones
+    assert restore.tolist() == [1, 0, 2]  # packed order is items 1, 0, 2
+    assert out["input_ids"].tolist() == [[21, 22, 23, 24, 25], [11, 12, 13, 31, 32]]
+    assert out["position_ids"].shape == (4, 2, 5)
     assert (out["position_ids"] == out["position_ids"][0]).all()  # text: the 3 rotary rows equal the text row
-    assert out["position_ids"][0].tolist() == [[0, 1, 2, 0, 1, 2, 3], [0, 1, 2, 3, 4, 0, 1]]
-    assert out["item_ids"].tolist() == [[0, 0, 0, -1, -1, -1, -1], [1, 1, 1, 1, 1, 2, 2]]
-    assert out["last_index"].tolist() == [2, 7 + 4, 7 + 6]
+    assert out["position_ids"][0].tolist() == [[0, 1, 2, 3, 4], [0, 1, 2, 0, 1]]
+    assert out["item_ids"].tolist() == [[0, 0, 0, 0, 0], [1, 1, 1, 2, 2]]
+    assert out["last_index"].tolist() == [4, 5 + 2, 5 + 4]
     assert "attention_mask" not in out  # transformers reads the packing from position_ids
+    single, _, none = pack({"input_ids": ids[:1], "attention_mask": mask[:1]}, width=7, pad_id=0)
+    assert none is None and single["position_ids"].tolist() == [[0, 1, 2]]
 
 
 @pytest.mark.parametrize("family,name", FAMILIES)
@@ -98,9 +100,9 @@ def test_packed_embeddings_equal_padded(family, name):
     embedder = _embedder(family, name).eval()
     items = [r[side] for r in _text_records(6) for side in ("anchor", "positive")]
     padded = embedder.preprocessor(items)
-    packed, _ = pack(padded, 64, embedder.pad_token_id, embedder.position_rows)
+    packed, _, restore = pack(padded, 64, embedder.pad_token_id, embedder.position_rows)
     with torch.no_grad():
-        reference, vectors = embedder(padded), embedder(packed)
+        reference, vectors = embedder(padded), embedder(packed)[restore]
     assert packed["input_ids"].shape[0] > 1  # several rows, several items per row
     assert vectors.shape == reference.shape == (12, embedder.hidden_size)
     assert _relative(vectors, reference) <= 1e-5

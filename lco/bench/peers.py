@@ -2,8 +2,8 @@
 
 (b) Training throughput (triplets/s): lco (``ContrastiveModule`` under Lightning, through part (a)'s ``lco_loop``)
 against ST's own trainer (``SentenceTransformerTrainer`` + ``CachedMultipleNegativesRankingLoss``, GradCache with
-``mini_batch_size = peers.chunk``), compared with lco's GradCache at the same chunk (``step.cache_chunk``); lco
-without the cache (its default) is reported for context. Like for like: the same weights (``peer_model``, loaded
+``mini_batch_size = peers.chunk``), compared with lco's GradCache at the same chunk (``step.cache_chunk``). Like
+for like: the same weights (``peer_model``, loaded
 from the same folder; ST's LoRA gets lco's targets, r, alpha, dropout and lco's initial adapter tensors), the same
 prompt strings (ST is fed the chat prompts lco renders; tokens, left padding and last-token pooling then agree),
 the same triplets in the same order, batch, scale (1 / temperature), AdamW (lr, weight decay 0.01, no clipping),
@@ -12,7 +12,9 @@ also renders the chat template there; ST gets pre-rendered strings, so that cost
 reported). A step is the wall time between consecutive step starts (lco: part (a)'s ``StepTimer``; ST: a
 ``TrainerCallback`` on ``on_step_begin``), the first ``peers.warmup`` steps are dropped, rounds alternate the
 runs, and medians are reported; the ratio is triplets/s lco / triplets/s ST (issue 7's goal: >= 1.2), on each
-data shape of ``peers.sources`` (All-NLI lengths, and uniform lengths: ``lco/bench/lengths.py``).
+data shape of ``peers.sources`` (All-NLI lengths, and uniform lengths: ``lco/bench/lengths.py``). The same pair
+runs uncached too: ST's ``MultipleNegativesRankingLoss`` (a forward pass per column) against lco's default step
+(the three sides fused into one pass when padding allows).
 ``tests/test_bench_peers.py`` checks that both trainers reach the same LoRA weights.
 
 (d) Inference throughput (items/s): ``Embedder.encode(items, batch_size)`` against ``SentenceTransformer.encode(
@@ -164,12 +166,13 @@ def _in_order(dataset, batch_size, drop_last, valid_label_columns=None, generato
                                valid_label_columns=valid_label_columns, generator=generator, seed=seed)
 
 
-def st_train(st, columns: dict[str, list[str]], cfg: DictConfig, scale: float, chunk: int,
+def st_train(st, columns: dict[str, list[str]], cfg: DictConfig, scale: float, chunk: int | None,
              device: torch.device, callback: TrainerCallback | None = None) -> list[float]:
     """Train ``st`` with ST's trainer and cached MNRL (plus ``callback``); returns seconds per step."""
     from datasets import Dataset
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
-    from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss
+    from sentence_transformers.sentence_transformer.losses import (CachedMultipleNegativesRankingLoss,
+                                                                   MultipleNegativesRankingLoss)
 
     timer = StepBegins(device)
     with tempfile.TemporaryDirectory() as out:
@@ -180,7 +183,8 @@ def st_train(st, columns: dict[str, list[str]], cfg: DictConfig, scale: float, c
             seed=cfg.seed, report_to="none", save_strategy="no", eval_strategy="no",
             dataloader_num_workers=0, dataloader_pin_memory=device.type == "cuda", batch_sampler=_in_order,
             use_cpu=device.type != "cuda")
-        loss = CachedMultipleNegativesRankingLoss(st, scale=scale, mini_batch_size=chunk)
+        loss = (CachedMultipleNegativesRankingLoss(st, scale=scale, mini_batch_size=chunk) if chunk
+                else MultipleNegativesRankingLoss(st, scale=scale))
         trainer = SentenceTransformerTrainer(model=st, args=args, train_dataset=Dataset.from_dict(columns),
                                              loss=loss, callbacks=[timer] + ([callback] if callback else []))
         trainer.train()
@@ -205,7 +209,7 @@ def lco_start(cfg: DictConfig, records: list[dict]):
     return embedder, method, st_columns(embedder.preprocessor, records), float(loss_fn.scale())
 
 
-def st_run(cfg: DictConfig, start, method, columns: dict[str, list[str]], scale: float, chunk: int,
+def st_run(cfg: DictConfig, start, method, columns: dict[str, list[str]], scale: float, chunk: int | None,
            device: torch.device, callback: TrainerCallback | None = None):
     """One ST run from lco's initial weights (``start``, an lco embedder); returns (seconds per step, model)."""
     st = st_model(cfg, device)
@@ -228,32 +232,32 @@ def _training(cfg: DictConfig, device: torch.device, shape: str) -> tuple[dict, 
     start, method, columns, scale = lco_start(base, records)
     rounds = []
     for _ in range(p.rounds):
-        times = take_turns(lambda turn: lco_train(cached, records, device, turn),
-                           lambda turn: st_run(base, start, method, columns, scale, p.chunk, device, turn), device)
-        lco, st = (counted(times[name], p.warmup) for name in ("lco", "st"))
-        row = {"lco_cached_s": statistics.median(lco), "st_cached_s": statistics.median(st),
-               "pair_ratio": statistics.median(b / a for a, b in zip(lco, st))}
-        row["lco_s"] = statistics.median(counted(lco_train(base, records, device)[0], p.warmup))
-        for key in [k for k in row if k.startswith("lco")]:
-            row[key[:-2] + "_ratio"] = row["st_cached_s"] / row[key]  # = triplets/s lco / triplets/s ST
+        row = {}
+        for name, lco_cfg, chunk in (("cached", cached, p.chunk), ("uncached", base, None)):
+            times = take_turns(lambda turn: lco_train(lco_cfg, records, device, turn),
+                               lambda turn: st_run(base, start, method, columns, scale, chunk, device, turn), device)
+            lco, st = (counted(times[who], p.warmup) for who in ("lco", "st"))
+            row.update({f"lco_{name}_s": statistics.median(lco), f"st_{name}_s": statistics.median(st),
+                        f"{name}_pair_ratio": statistics.median(b / a for a, b in zip(lco, st))})
+            row[f"{name}_ratio"] = row[f"st_{name}_s"] / row[f"lco_{name}_s"]  # = triplets/s lco / triplets/s ST
         rounds.append(row)
     result = {"source": instantiate(base.source, n=len(records)).describe(), "rounds": rounds,
               "lco_prompt_s_per_batch": render_seconds(start.preprocessor, records[: 4 * p.batch_size], p.batch_size)}
     for key in rounds[0]:
         result[f"{key}_median"] = statistics.median(r[key] for r in rounds)
-    for key in ("st_cached_s", "lco_cached_s", "lco_s"):
-        result[key[:-2] + "_triplets_per_s"] = p.batch_size / result[f"{key}_median"]
-    head = result["ratio"] = result["lco_cached_ratio_median"]  # median over rounds, as part (a)
-    result["ratio_of_medians"] = result["st_cached_s_median"] / result["lco_cached_s_median"]
+    for who in ("st", "lco"):
+        for name in ("cached", "uncached"):
+            result[f"{who}_{name}_triplets_per_s"] = p.batch_size / result[f"{who}_{name}_s_median"]
     lines = [f"### {shape}: `{result['source']}`", "",
-             "| round | ST cached s/step | lco cached s/step | lco uncached s/step | cached: lco / ST triplets/s "
-             "| median per-step ratio | uncached lco / ST cached |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {i} | {r['st_cached_s']:.4f} | {r['lco_cached_s']:.4f} | {r['lco_s']:.4f} | "
-              f"{r['lco_cached_ratio']:.3f} | {r['pair_ratio']:.3f} | {r['lco_ratio']:.3f} |"
-              for i, r in enumerate(rounds)]
-    lines += ["", f"Median ratio (triplets/s lco / ST, both cached): **{head:.3f}** (ratio of the median steps "
-              f"{result['ratio_of_medians']:.3f}); ST {result['st_cached_triplets_per_s']:.1f} triplets/s, lco cached "
-              f"{result['lco_cached_triplets_per_s']:.1f}, lco uncached {result['lco_triplets_per_s']:.1f}; lco "
+             "| round | ST cached s/step | lco cached s/step | cached: lco / ST triplets/s (per-step) | ST uncached "
+             "s/step | lco uncached s/step | uncached: lco / ST triplets/s (per-step) |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {i} | {r['st_cached_s']:.4f} | {r['lco_cached_s']:.4f} | {r['cached_ratio']:.3f} "
+              f"({r['cached_pair_ratio']:.3f}) | {r['st_uncached_s']:.4f} | {r['lco_uncached_s']:.4f} | "
+              f"{r['uncached_ratio']:.3f} ({r['uncached_pair_ratio']:.3f}) |" for i, r in enumerate(rounds)]
+    lines += ["", f"Median ratio (triplets/s lco / ST): cached **{result['cached_ratio_median']:.3f}**, uncached "
+              f"**{result['uncached_ratio_median']:.3f}**; triplets/s cached ST "
+              f"{result['st_cached_triplets_per_s']:.1f}, lco {result['lco_cached_triplets_per_s']:.1f}; uncached ST "
+              f"{result['st_uncached_triplets_per_s']:.1f}, lco {result['lco_uncached_triplets_per_s']:.1f}; lco "
               f"prepared the chat prompts in {1000 * result['lco_prompt_s_per_batch']:.1f} ms per batch.", ""]
     return result, lines
 
@@ -264,24 +268,27 @@ def part_b(cfg: DictConfig, device: torch.device) -> tuple[dict, list[str]]:
     for shape in p.sources:
         shapes[shape], lines = _training(cfg, device, shape)
         tables += lines
-    result = {"what": "training triplets/s, lco / sentence-transformers (CachedMNRL, mini_batch_size = chunk)",
+    result = {"what": "training triplets/s, lco / sentence-transformers, both with GradCache at the same chunk "
+                      "(CachedMNRL) and both without (MNRL)",
               "model": base.model.path, "batch_size": p.batch_size, "steps": p.steps, "warmup": p.warmup,
               "chunk": p.chunk, "shapes": shapes, "goal": ">= 1.2 on every data shape",
-              "ratio": min(r["ratio"] for r in shapes.values())}
-    lines = ["## (b) lco vs sentence-transformers training (GradCache on both)", "",
+              "cached_ratio": min(r["cached_ratio_median"] for r in shapes.values()),
+              "uncached_ratio": min(r["uncached_ratio_median"] for r in shapes.values())}
+    lines = ["## (b) lco vs sentence-transformers training (both with GradCache, both without)", "",
              f"Model `{base.model.path}` with LoRA r={base.method.r}, alpha={base.method.alpha} on the same modules "
-             f"and the same initial adapter; batch {p.batch_size} text triplets (1 hard negative), chunk "
-             f"{p.chunk} (ST `CachedMultipleNegativesRankingLoss(mini_batch_size={p.chunk})`, lco "
-             f"`step.cache_chunk={p.chunk}`), scale 1/{base.loss.temperature:g}, AdamW lr {base.lr}, {p.steps} steps "
-             f"per run (first {p.warmup} and the last not counted), on each data shape of `peers.sources`. The cached "
-             "trainers take turns step by step (coroutines in one thread: `lco/bench/turns.py`), so load changes hit "
-             "both alike; lco uncached runs after them, alone. Both tokenize inside the step; lco also prepares the "
-             "chat prompts there (ST was given them). lco's cached step embeds the three sides in one pass sorted by "
+             f"and the same initial adapter; batch {p.batch_size} text triplets (1 hard negative), scale "
+             f"1/{base.loss.temperature:g}, AdamW lr {base.lr}, {p.steps} steps "
+             f"per run (first {p.warmup} and the last not counted), on each data shape of `peers.sources`. Cached: "
+             f"ST `CachedMultipleNegativesRankingLoss(mini_batch_size={p.chunk})` vs lco `step.cache_chunk={p.chunk}`; "
+             "uncached: ST `MultipleNegativesRankingLoss` vs lco's default step. In each pair the trainers take turns "
+             "step by step (coroutines in one thread: `lco/bench/turns.py`), so load changes hit both alike. Both "
+             "tokenize inside the step; lco also prepares the chat prompts there (ST was given them). lco's cached step embeds the three sides in one pass sorted by "
              f"length, in chunks filled up to the padded tokens of {p.chunk} of the longest items (same peak "
              "activation memory, fewer passes); uncached, it fuses them when padding allows "
              f"(`step.fuse_max_padding={base.step.fuse_max_padding}`). Both pad (`step.pack={base.step.pack}` packs "
              "on CUDA only: part (e)).", "", *tables,
-             f"Smallest median ratio over the shapes: **{result['ratio']:.3f}** (goal {result['goal']}).", ""]
+             f"Smallest median ratio over the shapes: cached **{result['cached_ratio']:.3f}**, uncached "
+             f"**{result['uncached_ratio']:.3f}** (goal {result['goal']}).", ""]
     return result, lines
 
 

@@ -7,11 +7,11 @@ Lightning) and by the bench's hand-written loop (``lco/bench/loop.py``), so both
   [...], "sides": n, "rows": B, "modality", "tokens": {"real", "computed"}}``. Each pass is ``{"inputs", "sides":
   [side index...], "sizes", "chunks": [...] or None, "restore", "packed"}`` over the sides anchor, positive,
   negative. Text-only sides share one pass when padding allows (``fuse_max_padding``); with ``pack`` a text-only
-  pass is packed without padding (``pack.py``; a pass with media stays padded, ``packed`` says which); with
-  GradCache every pass is cut into chunks (``plan.py``, ``pack.chunk_rows``), and a padded text-only pass is
-  first sorted by length (``restore`` undoes it) so its chunks can be filled. ``tokens`` counts the batch's real
-  tokens and the tokens its passes compute (padding included). Python ints only: the step on the device never
-  waits on the host.
+  pass is packed without padding (``pack.py``, its items re-ordered to fill rows evenly; a pass with media stays
+  padded, ``packed`` says which); with GradCache every pass is cut into chunks (``plan.py``,
+  ``pack.chunk_rows``), and a padded text-only pass is first sorted by length so its chunks can be filled
+  (``restore`` undoes either re-ordering). ``tokens`` counts the batch's real tokens and the tokens its passes
+  compute (padding included). Python ints only: the step on the device never waits on the host.
 - ``embed(embedder, planned)`` -> (anchor [B, D], positive [B, D], negative [B*K, D] or None): plain forward
   passes, or ``cached_embed`` (``gradcache.py``) for chunked ones.
 - ``loss(embedder, loss_fn, planned)`` -> the scalar loss.
@@ -97,7 +97,7 @@ class Step:
             budget = self.cache_tokens or (self.cache_chunk and self.cache_chunk * max(lengths))
             if self.packs and text:
                 width = min(self.pack_tokens, budget or self.pack_tokens)
-                inputs, spans = pack(inputs, width, pad_id, position_rows)
+                inputs, spans, restore = pack(inputs, width, pad_id, position_rows)
                 chunks = chunk_rows(spans, inputs["input_ids"].shape[1], budget) if budget else None
                 cost = inputs["input_ids"].numel()
             else:
@@ -125,8 +125,8 @@ class Step:
             else:
                 trainable = [p for p in embedder.parameters() if p.requires_grad]
                 vectors = cached_embed(embedder, step["inputs"], step["chunks"], trainable)
-                if step["restore"] is not None:
-                    vectors = vectors[step["restore"]]
+            if step["restore"] is not None:  # rows were re-ordered: by length (GradCache), or to fill packed rows
+                vectors = vectors[step["restore"]]
             for side, part in zip(step["sides"], vectors.split(step["sizes"])):
                 out[side] = part
         return out[0], out[1], out[2] if planned["sides"] == 3 else None

@@ -3,8 +3,8 @@
 ``pack(batch, width, pad_id, position_rows)`` takes a left-padded text-only processor batch (``input_ids``,
 ``attention_mask``, optional ``mm_token_type_ids``, all [N, T]) and returns the same N items packed:
 
-- ``input_ids`` [R, W]: consecutive items' real tokens, row after row (``row_spans``: rows of at most ``width``
-  tokens, about equally full), each row's tail ``pad_id``;
+- ``input_ids`` [R, W]: items' real tokens end to end, row after row (``assign_rows``: rows of at most ``width``
+  tokens, evenly filled; the items are re-ordered for that, and ``restore`` undoes it), each row's tail ``pad_id``;
 - ``position_ids`` [R, W] (``position_rows=1``), or [4, R, W] for the Qwen VL/Omni multimodal rotary layout (text
   positions, then temporal/height/width, all equal for text): 0, 1, ... within each item, and again over a row's
   padding tail;
@@ -25,6 +25,8 @@ GradCache chunks of rows), and needs each item's last-token index for pooling.
 
 from __future__ import annotations
 
+import heapq
+
 import torch
 
 from lco.errors import BatchLayoutError
@@ -32,32 +34,40 @@ from lco.errors import BatchLayoutError
 PACK_KEYS = ("item_ids", "last_index")  # the Embedder's, not the model's
 
 
-def row_spans(lengths: list[int], width: int) -> list[tuple[int, int]]:
-    """Item ranges ``[(start, end), ...]``, one per packed row, covering the items in order, in rows of at most
-    ``width`` tokens (or the longest item's, if longer), balanced so that rows end about equally full and the
-    packed tensor (as wide as its fullest row) pads little: with ``rows = ceil(total / width)``, each row takes
-    items while that brings it closer to an equal share of the tokens left."""
-    total = sum(lengths)
+def assign_rows(lengths: list[int], width: int) -> list[list[int]]:
+    """Items (indices into ``lengths``) per packed row: ``ceil(total / width)`` rows of at most ``width`` tokens
+    (or the longest item's, if longer), filled evenly, since the packed tensor is as wide as its fullest row.
+    Longest first, each item goes to the least-filled row (the LPT rule of multiprocessor scheduling), or to a new
+    row when it fits none."""
     width = max(width, max(lengths, default=0))
-    rows_left = max(-(-total // width), 1)
-    spans, start, used, left = [], 0, 0, total
-    for i, n in enumerate(lengths):
-        if i > start and (used + n > width or used + n / 2 > left / rows_left):
-            spans.append((start, i))
-            start, left, rows_left, used = i, left - used, max(rows_left - 1, 1), 0
-        used += n
-    if lengths:
-        spans.append((start, len(lengths)))
-    return spans
+    heap = [(0, r) for r in range(-(-sum(lengths) // width))]
+    rows: list[list[int]] = [[] for _ in heap]
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        fill, r = heapq.heappop(heap)
+        if fill + lengths[i] > width:  # the least-filled row is too full: so is every other
+            heapq.heappush(heap, (fill, r))
+            fill, r = 0, len(rows)
+            rows.append([])
+        rows[r].append(i)
+        heapq.heappush(heap, (fill + lengths[i], r))
+    return [row for row in rows if row]
 
 
-def pack(batch: dict, width: int, pad_id: int, position_rows: int = 1) -> tuple[dict, list[tuple[int, int]]]:
-    """The packed batch (see the module docstring) and its rows' item ranges. Host-side, CPU tensors."""
-    mask = batch["attention_mask"].bool()
-    lengths = mask.sum(dim=1)
+def pack(batch: dict, width: int, pad_id: int, position_rows: int = 1) -> tuple[dict, list[tuple[int, int]],
+                                                                                 torch.Tensor | None]:
+    """The packed batch (see the module docstring), its rows' item ranges, and ``restore``: the items are packed
+    row by row in the order ``assign_rows`` chose, so ``embeddings[restore]`` is in the batch's order (None: the
+    same order). Host-side, CPU tensors."""
+    lengths = batch["attention_mask"].sum(dim=1)
     if (lengths == 0).any():
         raise BatchLayoutError("a row of the batch has no real token (attention_mask all 0); it cannot be packed")
-    spans = row_spans(lengths.tolist(), width)
+    rows_of = assign_rows(lengths.tolist(), width)
+    order = torch.tensor([i for row in rows_of for i in row])
+    restore = None if torch.equal(order, torch.arange(len(order))) else torch.argsort(order)
+    batch, lengths = {key: value[order] for key, value in batch.items()}, lengths[order]
+    mask = batch["attention_mask"].bool()
+    ends = torch.tensor([len(row) for row in rows_of]).cumsum(0).tolist()
+    spans = list(zip([0] + ends[:-1], ends))
     fills = [int(lengths[a:b].sum()) for a, b in spans]
     rows, cols = len(spans), max(fills)
     item_row = torch.repeat_interleave(torch.arange(rows), torch.tensor([b - a for a, b in spans]))
@@ -78,7 +88,7 @@ def pack(batch: dict, width: int, pad_id: int, position_rows: int = 1) -> tuple[
     out["item_ids"] = torch.full((rows, cols), -1, dtype=torch.long)
     out["item_ids"][where] = token_item
     out["last_index"] = item_row * cols + item_col + lengths - 1
-    return out, spans
+    return out, spans, restore
 
 
 def chunk_rows(spans: list[tuple[int, int]], width: int, budget: int) -> list[dict]:
