@@ -1,7 +1,7 @@
-"""Padding-free packing (``lco/step/pack.py``, ``step.pack``): packed passes give the padded path's embeddings,
-loss and gradients (fp32, CPU: within 1e-5 relative) on every tiny twin family, with GradCache counted in items or
-tokens, with mean pooling, and beside media passes (which stay padded); the layout itself is checked token by
-token, and a user's run logs how much of its computation is real tokens."""
+"""Padding-free packing (``lco/step/pack.py``, ``pack_media.py``, ``step.pack``): packed passes give the padded
+path's embeddings, loss and gradients (fp32, CPU: within 1e-5 relative) on every tiny twin family, for text,
+image, audio and video items, with GradCache counted in items or tokens, with mean pooling; the layout itself is
+checked token by token, and a user's run logs how much of its computation is real tokens."""
 
 import csv
 import os
@@ -22,6 +22,7 @@ from lco.models.embedder import Embedder
 from lco.module import ContrastiveModule, checkpointing
 from lco.step import Step
 from lco.step.pack import assign_rows, pack
+from lco.step.pack_media import pack_media
 from tests.media_fixtures import write_media
 from tests.test_step import _records
 
@@ -134,16 +135,37 @@ def test_packed_mean_pooling_equals_padded():
     assert _relative(packed_grads, grads) <= 1e-5
 
 
-def test_media_passes_stay_padded_and_the_batch_still_matches(media):
-    """Anchors with an image, an audio clip and a video stay one padded pass (their rotary positions are laid out
-    per batch by the model); the text sides are packed; loss and gradients equal the padded path's, with and
-    without GradCache in tokens."""
+@pytest.mark.parametrize("family,name", FAMILIES[1:])
+def test_packed_media_embeddings_equal_padded(media, family, name):
+    """Text, image, audio (Omni) and video items, and text beside an image, packed in order into one row or
+    several: the model's own multimodal rotary positions are gathered per item, and each item's embedding is
+    the padded batch's."""
+    root, files = media
+    items = [{"text": "a red circle"}, {"text": "", "image": str(root / files["image"][1])},
+             {"text": "", "audio": str(root / files["audio"][2])},
+             {"text": "x", "video": str(root / files["video"][3])},
+             {"text": "a picture of", "image": str(root / files["image"][0])}]
+    items = [item for item in items if family == "qwen2_5_omni" or "audio" not in item]
+    embedder = _embedder(family, name).eval()
+    padded = embedder.preprocessor(items)
+    with torch.no_grad():
+        reference = embedder(padded)
+        for width, rows in ((10_000, 1), (64, None)):
+            packed, spans = pack_media(padded, width)
+            assert rows is None or len(spans) == rows
+            assert packed["pack_index"].numel() <= padded["input_ids"].numel() - (rows == 1)
+            assert _relative(embedder(packed), reference) <= 1e-5
+
+
+def test_media_passes_pack_and_the_batch_still_matches(media):
+    """Anchors with an image, an audio clip and a video are one packed media pass (padded under GradCache); the
+    text sides are packed; loss and gradients equal the padded path's, with and without GradCache in tokens."""
     records = _records(media)
     loss, grads, _ = _step_result("qwen2_5_omni", "tiny_omni", Step(pack=False), records)
-    for step in (Step(pack=True), Step(pack=True, cache_tokens=200)):
+    for step, media_packed in ((Step(pack=True), True), (Step(pack=True, cache_tokens=200), False)):
         packed_loss, packed_grads, planned = _step_result("qwen2_5_omni", "tiny_omni", step, records)
         layout = {tuple(p["sides"]): p["packed"] for p in planned["passes"]}
-        assert layout == {(0,): False, (1, 2): True}, layout
+        assert layout == {(0,): media_packed, (1, 2): True}, layout
         assert abs(float(packed_loss - loss)) <= 1e-5 * abs(float(loss))
         assert _relative(packed_grads, grads) <= 1e-5
 

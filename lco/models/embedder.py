@@ -22,6 +22,7 @@ from lco.models.pooling import pool, pool_packed
 from lco.preprocess import Preprocessor
 from lco.prompts import Prompter
 from lco.step.pack import PACK_KEYS
+from lco.step.pack_media import media_inputs
 
 
 class Embedder(nn.Module):
@@ -50,13 +51,16 @@ class Embedder(nn.Module):
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """A processor batch, or a packed one (``lco/step/pack.py``: items end to end, no ``attention_mask``,
-        ``item_ids`` and ``last_index`` for pooling) -> float32 [N, D], one row per item."""
+        ``item_ids`` and ``last_index`` for pooling; a media pass: ``lco/step/pack_media.py``) -> float32 [N, D],
+        one row per item."""
+        if "pack_index" in inputs:  # a packed media pass: positions and tokens gathered on the device
+            model_inputs = media_inputs(self.headless, inputs, self.pad_token_id)
+        else:
+            model_inputs = {k: v for k, v in inputs.items() if k not in PACK_KEYS}
+        out = self.headless(**model_inputs, use_cache=False, return_dict=True)
         if "last_index" in inputs:
-            out = self.headless(**{k: v for k, v in inputs.items() if k not in PACK_KEYS}, use_cache=False,
-                                return_dict=True)
             pooled = pool_packed(out.last_hidden_state, inputs["item_ids"], inputs["last_index"], self.pooling)
         else:
-            out = self.headless(**inputs, use_cache=False, return_dict=True)
             pooled = pool(out.last_hidden_state, inputs["attention_mask"], self.pooling)
         vectors = self.head(pooled)
         return F.normalize(vectors, dim=-1) if self.normalize else vectors

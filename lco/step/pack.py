@@ -53,6 +53,51 @@ def assign_rows(lengths: list[int], width: int) -> list[list[int]]:
     return [row for row in rows if row]
 
 
+def in_order_rows(lengths: list[int], width: int) -> list[list[int]]:
+    """Items per packed row, keeping their order (media passes: the model fills image/audio/video placeholders
+    with the batch's media in order): next fit into rows of at most ``width`` tokens (or the longest item's),
+    each row taking items while that brings it closer to an equal share of the tokens left."""
+    total = sum(lengths)
+    width = max(width, max(lengths, default=0))
+    rows_left, left, rows = max(-(-total // width), 1), total, [[]]
+    used = 0
+    for i, n in enumerate(lengths):
+        if rows[-1] and (used + n > width or used + n / 2 > left / rows_left):
+            left, rows_left, used = left - used, max(rows_left - 1, 1), 0
+            rows.append([])
+        rows[-1].append(i)
+        used += n
+    return [row for row in rows if row]
+
+
+def layout(lengths: torch.Tensor, rows_of: list[list[int]]) -> dict:
+    """Where each real token of items laid row by row (``rows_of``, items in order within the flat order) goes:
+    ``rows``, ``cols`` (the fullest row), ``where`` (row, column) per token, ``token_item``, ``token_pos`` per
+    token, ``fills`` per row, ``last_index`` [N] (flat index of each item's last token), ``spans`` (item ranges)."""
+    ends = torch.tensor([len(row) for row in rows_of]).cumsum(0).tolist()
+    spans = list(zip([0] + ends[:-1], ends))
+    fills = [int(lengths[a:b].sum()) for a, b in spans]
+    rows, cols = len(spans), max(fills)
+    item_row = torch.repeat_interleave(torch.arange(rows), torch.tensor([b - a for a, b in spans]))
+    starts = lengths.cumsum(0) - lengths  # each item's first token in the flat token order
+    item_col = starts - torch.tensor([int(starts[a]) for a, _ in spans])[item_row]
+    token_item = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
+    token_pos = torch.arange(int(lengths.sum())) - starts[token_item]
+    return {"rows": rows, "cols": cols, "where": (item_row[token_item], item_col[token_item] + token_pos),
+            "token_item": token_item, "token_pos": token_pos, "fills": fills, "spans": spans,
+            "last_index": item_row * cols + item_col + lengths - 1}
+
+
+def positions_and_items(lay: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Text positions [R, W] (0, 1, ... per item, and over each row's padding tail) and ``item_ids`` [R, W]."""
+    rows, cols, where = lay["rows"], lay["cols"], lay["where"]
+    positions = torch.arange(cols).expand(rows, cols) - torch.tensor(lay["fills"])[:, None]
+    positions[where] = lay["token_pos"]
+    item_ids = torch.full((rows, cols), -1, dtype=torch.long)
+    item_ids[where] = lay["token_item"]
+    return positions, item_ids
+
+
 def pack(batch: dict, width: int, pad_id: int, position_rows: int = 1) -> tuple[dict, list[tuple[int, int]],
                                                                                  torch.Tensor | None]:
     """The packed batch (see the module docstring), its rows' item ranges, and ``restore``: the items are packed
@@ -66,29 +111,16 @@ def pack(batch: dict, width: int, pad_id: int, position_rows: int = 1) -> tuple[
     restore = None if torch.equal(order, torch.arange(len(order))) else torch.argsort(order)
     batch, lengths = {key: value[order] for key, value in batch.items()}, lengths[order]
     mask = batch["attention_mask"].bool()
-    ends = torch.tensor([len(row) for row in rows_of]).cumsum(0).tolist()
-    spans = list(zip([0] + ends[:-1], ends))
-    fills = [int(lengths[a:b].sum()) for a, b in spans]
-    rows, cols = len(spans), max(fills)
-    item_row = torch.repeat_interleave(torch.arange(rows), torch.tensor([b - a for a, b in spans]))
-    starts = lengths.cumsum(0) - lengths  # each item's first token in the flat token order
-    row_start = torch.tensor([int(starts[a]) for a, _ in spans])
-    item_col = starts - row_start[item_row]
-    token_item = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
-    token_pos = torch.arange(int(lengths.sum())) - starts[token_item]
-    where = (item_row[token_item], item_col[token_item] + token_pos)
-    out = {"input_ids": batch["input_ids"].new_full((rows, cols), pad_id)}
-    out["input_ids"][where] = batch["input_ids"][mask]
+    lay = layout(lengths, rows_of)
+    out = {"input_ids": batch["input_ids"].new_full((lay["rows"], lay["cols"]), pad_id)}
+    out["input_ids"][lay["where"]] = batch["input_ids"][mask]
     if "mm_token_type_ids" in batch:
-        out["mm_token_type_ids"] = batch["mm_token_type_ids"].new_zeros((rows, cols))
-        out["mm_token_type_ids"][where] = batch["mm_token_type_ids"][mask]
-    positions = torch.arange(cols).expand(rows, cols) - torch.tensor(fills)[:, None]  # padding tails: 0, 1, ...
-    positions[where] = token_pos
-    out["position_ids"] = positions if position_rows == 1 else positions.expand(position_rows, rows, cols).clone()
-    out["item_ids"] = torch.full((rows, cols), -1, dtype=torch.long)
-    out["item_ids"][where] = token_item
-    out["last_index"] = item_row * cols + item_col + lengths - 1
-    return out, spans, restore
+        out["mm_token_type_ids"] = batch["mm_token_type_ids"].new_zeros((lay["rows"], lay["cols"]))
+        out["mm_token_type_ids"][lay["where"]] = batch["mm_token_type_ids"][mask]
+    positions, out["item_ids"] = positions_and_items(lay)
+    out["position_ids"] = positions if position_rows == 1 else positions.expand(position_rows, *positions.shape).clone()
+    out["last_index"] = lay["last_index"]
+    return out, lay["spans"], restore
 
 
 def chunk_rows(spans: list[tuple[int, int]], width: int, budget: int) -> list[dict]:
