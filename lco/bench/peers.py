@@ -250,7 +250,7 @@ def _training(cfg: DictConfig, device: torch.device, shape: str) -> tuple[dict, 
             result[f"{who}_{name}_triplets_per_s"] = p.batch_size / result[f"{who}_{name}_s_median"]
     lines = [f"### {shape}: `{result['source']}`", "",
              "| round | ST cached s/step | lco cached s/step | cached: lco / ST triplets/s (per-step) | ST uncached "
-             "s/step | lco uncached s/step | uncached: lco / ST triplets/s (per-step) |", "|---|---|---|---|---|---|---|"]
+             "s/step | lco uncached s/step | uncached: lco / ST triplets/s (per-step) |", "|---" * 7 + "|"]
     lines += [f"| {i} | {r['st_cached_s']:.4f} | {r['lco_cached_s']:.4f} | {r['cached_ratio']:.3f} "
               f"({r['cached_pair_ratio']:.3f}) | {r['st_uncached_s']:.4f} | {r['lco_uncached_s']:.4f} | "
               f"{r['uncached_ratio']:.3f} ({r['uncached_pair_ratio']:.3f}) |" for i, r in enumerate(rounds)]
@@ -282,9 +282,10 @@ def part_b(cfg: DictConfig, device: torch.device) -> tuple[dict, list[str]]:
              f"ST `CachedMultipleNegativesRankingLoss(mini_batch_size={p.chunk})` vs lco `step.cache_chunk={p.chunk}`; "
              "uncached: ST `MultipleNegativesRankingLoss` vs lco's default step. In each pair the trainers take turns "
              "step by step (coroutines in one thread: `lco/bench/turns.py`), so load changes hit both alike. Both "
-             "tokenize inside the step; lco also prepares the chat prompts there (ST was given them). lco's cached step embeds the three sides in one pass sorted by "
-             f"length, in chunks filled up to the padded tokens of {p.chunk} of the longest items (same peak "
-             "activation memory, fewer passes); uncached, it fuses them when padding allows "
+             "tokenize inside the step; lco also prepares the chat prompts there (ST was given them). lco's cached "
+             "step embeds the three sides in one pass sorted by length, in chunks filled up to the padded tokens of "
+             f"{p.chunk} of the longest items (same peak activation memory, fewer passes); uncached, it fuses them "
+             "when padding allows "
              f"(`step.fuse_max_padding={base.step.fuse_max_padding}`). Both pad (`step.pack={base.step.pack}` packs "
              "on CUDA only: part (e)).", "", *tables,
              f"Smallest median ratio over the shapes: cached **{result['cached_ratio']:.3f}**, uncached "

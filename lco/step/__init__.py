@@ -10,8 +10,9 @@ Lightning) and by the bench's hand-written loop (``lco/bench/loop.py``), so both
   pass is packed without padding (``pack.py``, its items re-ordered to fill rows evenly), a pass with media too
   when GradCache is off (``pack_media.py``; under GradCache it stays padded, ``packed`` says which); with
   GradCache every pass is cut into chunks (``plan.py``, ``pack.chunk_rows``), and a padded text-only pass is
-  first sorted by length so its chunks can be filled (``restore`` undoes either re-ordering). ``tokens`` counts the batch's real tokens and the tokens its passes
-  compute (padding included). Python ints only: the step on the device never waits on the host.
+  first sorted by length so its chunks can be filled (``restore`` undoes either re-ordering). ``tokens`` counts
+  the batch's real tokens and the tokens its passes compute (padding included). Python ints only: the step on
+  the device never waits on the host.
 - ``embed(embedder, planned)`` -> (anchor [B, D], positive [B, D], negative [B*K, D] or None): plain forward
   passes, or ``cached_embed`` (``gradcache.py``) for chunked ones.
 - ``loss(embedder, loss_fn, planned)`` -> the scalar loss.
@@ -39,9 +40,8 @@ class Step:
     side joins, since neither computes the padding). ``pack``: padding-free text passes (``pack.py``): items
     end to end in rows of ``pack_tokens`` tokens, attention kept inside each item; ``auto`` packs on CUDA
     (``setup``). Passes with media are packed too (``pack_media.py``), except under GradCache, where they stay
-    padded.
-    GradCache (``gradcache.py``): ``cache_chunk`` embeds this many items at a time (text chunks of shorter items
-    hold more, up to the padded tokens of ``cache_chunk`` of the longest: ``plan.row_ranges``), or
+    padded. GradCache (``gradcache.py``): ``cache_chunk`` embeds this many items at a time (text chunks of
+    shorter items hold more, up to the padded tokens of ``cache_chunk`` of the longest: ``plan.row_ranges``), or
     ``cache_tokens`` this many computed tokens at a time, and re-computes them chunk by chunk in backward, so
     activation memory is that of one chunk whatever the batch. ``None`` for both: no caching."""
 
