@@ -119,6 +119,7 @@ CHOICE_RULES = [
     ("embed.pooling", ("last", "mean")),
     ("module.gradient_checkpointing", ("auto", True, False)),
     ("step.pack", ("auto", True, False)),
+    ("module.compile", (True, False)),
 ]
 
 

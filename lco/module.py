@@ -37,14 +37,15 @@ class ContrastiveModule(pl.LightningModule):
     ``optimizer``: trainable parameters -> optimizer; ``scheduler``: (optimizer, total_steps=) -> a per-step
     LR scheduler, or None (``conf/optim/``). ``gradient_checkpointing``: ``auto`` (on for CUDA, except under
     GradCache, whose chunks already bound activation memory: checkpointing its replay would pay a third forward),
-    true, false.
+    true, false. ``compile``: regional ``torch.compile``, each decoder layer on its own with dynamic shapes
+    (the layers are alike, so one compiles and the rest reuse it; packed and padded batches of any length).
     ``max_nonfinite_skips``: NaN/Inf losses skipped (no update) before the run stops (``lco/guard.py``).
-    ``conf/train.yaml``'s ``module`` node holds the last two; ``lco.train`` passes the rest.
+    ``conf/train.yaml``'s ``module`` node holds the last three; ``lco.train`` passes the rest.
     """
 
     def __init__(self, embedder: Embedder, method: Method, loss: InfoNCE, step: Step, optimizer: partial,
                  scheduler: partial | None = None, *, gradient_checkpointing: str | bool,
-                 max_nonfinite_skips: int):
+                 max_nonfinite_skips: int, compile: bool = False):
         super().__init__()
         self.guard = NonFiniteGuard(max_nonfinite_skips)
         self._skip_update = False
@@ -55,6 +56,7 @@ class ContrastiveModule(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.gradient_checkpointing = gradient_checkpointing
+        self.compile_layers, self.layers_compiled = compile, False
         self.strict_loading = False  # checkpoints carry trainable tensors only
         method.apply(embedder)
         embedder.train()  # from_pretrained returns eval mode; LoRA dropout must be active while training
@@ -72,10 +74,20 @@ class ContrastiveModule(pl.LightningModule):
                        f"{counts['frozen']:,} stay frozen")
 
     def setup(self, stage: str) -> None:
-        cuda = self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator"
+        self.prepare(cuda=self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator")
+
+    def prepare(self, cuda: bool) -> None:
+        """Settings that depend on the device: the step's ``pack=auto``, activation checkpointing, compilation.
+        Lightning's ``setup`` calls it; the GPU bench, which runs without a Trainer, too."""
         self.step.setup("cuda" if cuda else "cpu")
         if checkpointing(self.gradient_checkpointing, cuda, self.step.caches):
             self.embedder.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if self.compile_layers and not self.layers_compiled:  # setup runs per stage (validate, then fit)
+            for layer in self.embedder.decoder_layers:
+                layer.compile(dynamic=True)
+            self.layers_compiled = True
+            rank_zero_info(f"lco: module.compile=true: {len(self.embedder.decoder_layers)} decoder layers compiled "
+                           "one by one (torch.compile, dynamic shapes); the first step compiles them")
 
     def on_before_batch_transfer(self, batch, dataloader_idx: int):
         """Collated triplets (CPU) -> the step's plan of them (``Step.plan``), made before they leave the host."""

@@ -74,8 +74,10 @@ def test_wrong_labels_would_be_caught():
     assert shuffled > good + 1.0
 
 
-def _train_one_step(tmp_path, trainer: str, batch_size: int, extra: tuple[str, ...] = (), steps: int = 1) -> dict:
-    """``steps`` SGD steps (lr 1, no dropout) through `python -m lco.train`; returns the adapter tensors."""
+def _train_one_step(tmp_path, trainer: str, batch_size: int, extra: tuple[str, ...] = (), steps: int = 1,
+                    output: list[str] | None = None) -> dict:
+    """``steps`` SGD steps (lr 1, no dropout) through `python -m lco.train`; returns the adapter tensors (and
+    appends the run's console output to ``output`` if given)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
     proc = subprocess.run([
         sys.executable, "-m", "lco.train", f"trainer={trainer}", "model=tiny_omni", "logger=csv",
@@ -84,6 +86,8 @@ def _train_one_step(tmp_path, trainer: str, batch_size: int, extra: tuple[str, .
         "optim.scheduler.warmup_steps=0", f"trainer.max_steps={steps}", "validate_before=false",
         "trainer.limit_val_batches=0", f"paths.log_dir={tmp_path}", *extra], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    if output is not None:
+        output.append(proc.stdout + proc.stderr)
     (adapter,) = tmp_path.glob("train/runs/*/adapter/adapter_model.safetensors")
     return load_file(str(adapter))
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 19's device check, one run of about 3-4 minutes on one H100/H200 (prepared 2026-11-30, not yet run: no
+# Issue 19's device check, about 5 minutes on one H100/H200 (prepared 2026-11-30, not yet run: no
 # device was lent to that session). Omni-3B thinker (random weights, published shapes) on All-NLI-shaped prompts,
 # padded vs packed (step.pack), at 33 triplets per step and at 1056 through GradCache, all in one process; writes
 # gpu_results.{md,json} (GPU kind, versions, date, every figure) and the log under $OUT (the device tool's folder)
@@ -15,3 +15,6 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 WANDB_MODE=disabled
 } | tee "$out/machine.txt"
 python -m lco.bench.gpu size=omni_3b lengths=allnli 'pack=[false,true]' steps=4 warmup=1 \
     output_dir="$out" 2>&1 | tee "$out/log.txt"
+# regional torch.compile on the packed path at 33 triplets (the first, untimed steps compile)
+python -m lco.bench.gpu size=omni_3b lengths=allnli 'pack=[true]' global_batch=null compile=true steps=5 warmup=2 \
+    output_dir="$out/compiled" 2>&1 | tee "$out/log_compiled.txt"

@@ -122,16 +122,16 @@ def _backbone(cfg: DictConfig, device: torch.device):
 
 def _module(cfg: DictConfig, device: torch.device, chunk: int | None, pack: bool):
     from lco.models.embedder import configured
-    from lco.module import ContrastiveModule, checkpointing
+    from lco.module import ContrastiveModule
 
     backbone = _backbone(cfg, device)
     with open_dict(cfg):
         cfg.step.cache_chunk, cfg.step.pack = chunk, pack
     module = ContrastiveModule(configured(cfg, backbone), instantiate(cfg.method), instantiate(cfg.loss),
                                instantiate(cfg.step), partial(torch.optim.AdamW, lr=1e-4),
-                               gradient_checkpointing=cfg.gradient_checkpointing, max_nonfinite_skips=0).to(device)
-    if checkpointing(cfg.gradient_checkpointing, device.type == "cuda", module.step.caches):
-        module.embedder.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                               gradient_checkpointing=cfg.gradient_checkpointing, max_nonfinite_skips=0,
+                               compile=cfg.compile).to(device)
+    module.prepare(cuda=device.type == "cuda")  # as Lightning's setup: checkpointing, compilation
     return module
 
 
@@ -235,7 +235,8 @@ def _report(cfg: DictConfig, result: dict) -> list[str]:
              f"{result['transformers']}, peft {result['peft']})", "",
              f"Qwen2.5-Omni thinker `{cfg.size}` from published shapes, random weights ({base}); "
              f"LoRA r={cfg.method.r}; attention `{cfg.attn_implementation}`; gradient checkpointing "
-             f"`{cfg.gradient_checkpointing}` (auto: on, off under GradCache); {shape}, 3 items per triplet; "
+             f"`{cfg.gradient_checkpointing}` (auto: on, off under GradCache); regional torch.compile "
+             f"`{cfg.compile}`; {shape}, 3 items per triplet; "
              f"{rows[0]['parameters']:,} parameters{packed}, {rows[0]['trainable']:,} trainable. "
              f"Command: `python -m lco.bench.gpu {' '.join(_overrides(cfg))}`. MFU counts real (unpadded) tokens "
              f"only; GPU-hours: the paper's text run ({cfg.paper_triplets:,} triplets) at this rate on one device.",
@@ -290,7 +291,8 @@ def run(cfg: DictConfig) -> dict:
     result = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": platform.platform(),
               "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
               "transformers": _version("transformers"), "peft": _version("peft"), "size": cfg.size,
-              "quantization": cfg.quantization, "lengths": cfg.lengths, "seq_len": cfg.seq_len,
+              "quantization": cfg.quantization, "compile": cfg.compile, "lengths": cfg.lengths,
+              "seq_len": cfg.seq_len,
               "method": OmegaConf.to_container(cfg.method), "scenarios": rows, "peak_tflops": _peak_tflops(cfg, device),
               "paper_triplets": cfg.paper_triplets, "packing_speedup": _speedups(rows)}
     lines = _report(cfg, result)

@@ -74,6 +74,12 @@ class Embedder(nn.Module):
         return self.preprocessor.pad_token_id
 
     @property
+    def decoder_layers(self) -> nn.ModuleList:
+        """The language decoder's layers (LoRA-wrapped ones included), e.g. for regional compilation."""
+        model = self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
+        return model.get_submodule(f"{self.family.lm_prefix}.layers")
+
+    @property
     def position_rows(self) -> int:
         return self.backbone.position_rows
 

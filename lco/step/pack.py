@@ -71,9 +71,10 @@ def in_order_rows(lengths: list[int], width: int) -> list[list[int]]:
 
 
 def layout(lengths: torch.Tensor, rows_of: list[list[int]]) -> dict:
-    """Where each real token of items laid row by row (``rows_of``, items in order within the flat order) goes:
-    ``rows``, ``cols`` (the fullest row), ``where`` (row, column) per token, ``token_item``, ``token_pos`` per
-    token, ``fills`` per row, ``last_index`` [N] (flat index of each item's last token), ``spans`` (item ranges)."""
+    """Where the real tokens of items of ``lengths`` [N] go when laid end to end row by row, ``rows_of`` holding
+    consecutive items in that order (only its row sizes are read): ``rows``, ``cols`` (the fullest row), ``where``
+    ((row, column) per token, tokens in item order), ``token_item`` and ``token_pos`` per token, ``fills`` per
+    row, ``last_index`` [N] (flat index of each item's last token) and ``spans`` (each row's item range)."""
     ends = torch.tensor([len(row) for row in rows_of]).cumsum(0).tolist()
     spans = list(zip([0] + ends[:-1], ends))
     fills = [int(lengths[a:b].sum()) for a, b in spans]
