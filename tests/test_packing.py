@@ -158,14 +158,18 @@ def test_packed_media_embeddings_equal_padded(media, family, name):
 
 
 def test_media_passes_pack_and_the_batch_still_matches(media):
-    """Anchors with an image, an audio clip and a video are one packed media pass (padded under GradCache); the
-    text sides are packed; loss and gradients equal the padded path's, with and without GradCache in tokens."""
+    """Anchors with text, an image, an audio clip and a video are one packed media pass, the text sides another;
+    loss and gradients equal the padded path's, without GradCache and with it (in tokens: the media pass's chunks
+    each take their items' padded rows and media tensors; in items)."""
     records = _records(media)
     loss, grads, _ = _step_result("qwen2_5_omni", "tiny_omni", Step(pack=False), records)
-    for step, media_packed in ((Step(pack=True), True), (Step(pack=True, cache_tokens=200), False)):
+    for step in (Step(pack=True), Step(pack=True, cache_tokens=200), Step(pack=True, cache_chunk=1)):
         packed_loss, packed_grads, planned = _step_result("qwen2_5_omni", "tiny_omni", step, records)
         layout = {tuple(p["sides"]): p["packed"] for p in planned["passes"]}
-        assert layout == {(0,): media_packed, (1, 2): True}, layout
+        assert layout == {(0,): True, (1, 2): True}, layout
+        if step.caches:
+            chunks = planned["passes"][0]["chunks"]
+            assert len(chunks) > 1 and sum(bool(c["media"]) for c in chunks) > 1, chunks  # media split over chunks
         assert abs(float(packed_loss - loss)) <= 1e-5 * abs(float(loss))
         assert _relative(packed_grads, grads) <= 1e-5
 

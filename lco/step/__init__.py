@@ -7,12 +7,11 @@ Lightning) and by the bench's hand-written loop (``lco/bench/loop.py``), so both
   [...], "sides": n, "rows": B, "modality", "tokens": {"real", "computed"}}``. Each pass is ``{"inputs", "sides":
   [side index...], "sizes", "chunks": [...] or None, "restore", "packed"}`` over the sides anchor, positive,
   negative. Text-only sides share one pass when padding allows (``fuse_max_padding``); with ``pack`` a text-only
-  pass is packed without padding (``pack.py``, its items re-ordered to fill rows evenly), a pass with media too
-  when GradCache is off (``pack_media.py``; under GradCache it stays padded, ``packed`` says which); with
-  GradCache every pass is cut into chunks (``plan.py``, ``pack.chunk_rows``), and a padded text-only pass is
-  first sorted by length so its chunks can be filled (``restore`` undoes either re-ordering). ``tokens`` counts
-  the batch's real tokens and the tokens its passes compute (padding included). Python ints only: the step on
-  the device never waits on the host.
+  pass is packed without padding (``pack.py``, its items re-ordered to fill rows evenly), a pass with media too,
+  its items in order (``pack_media.py``); with GradCache every pass is cut into chunks (``plan.py``,
+  ``pack.chunk_rows``), and a padded text-only pass is first sorted by length so its chunks can be filled
+  (``restore`` undoes either re-ordering). ``tokens`` counts the batch's real tokens and the tokens its passes
+  compute (padding included). Python ints only: the step on the device never waits on the host.
 - ``embed(embedder, planned)`` -> (anchor [B, D], positive [B, D], negative [B*K, D] or None): plain forward
   passes, or ``cached_embed`` (``gradcache.py``) for chunked ones.
 - ``loss(embedder, loss_fn, planned)`` -> the scalar loss.
@@ -25,7 +24,7 @@ import torch
 from lco.errors import ConfigError
 from lco.step.gradcache import cached_embed
 from lco.step.pack import chunk_rows, pack
-from lco.step.pack_media import pack_media
+from lco.step.pack_media import LAYOUT_KEYS, pack_media
 from lco.step.plan import TEXT_ONLY, fuse, plan_chunks, sort_by_length
 
 # strategies whose sharded parameters GradCache's re-forward inside backward has not been tested with
@@ -39,8 +38,7 @@ class Step:
     their own padded tokens (``None``: one pass per side, as the reference; with packing or GradCache every text
     side joins, since neither computes the padding). ``pack``: padding-free text passes (``pack.py``): items
     end to end in rows of ``pack_tokens`` tokens, attention kept inside each item; ``auto`` packs on CUDA
-    (``setup``). Passes with media are packed too (``pack_media.py``), except under GradCache, where they stay
-    padded. GradCache (``gradcache.py``): ``cache_chunk`` embeds this many items at a time (text chunks of
+    (``setup``). Passes with media are packed too (``pack_media.py``). GradCache (``gradcache.py``): ``cache_chunk`` embeds this many items at a time (text chunks of
     shorter items hold more, up to the padded tokens of ``cache_chunk`` of the longest: ``plan.row_ranges``), or
     ``cache_tokens`` this many computed tokens at a time, and re-computes them chunk by chunk in backward, so
     activation memory is that of one chunk whatever the batch. ``None`` for both: no caching."""
@@ -102,9 +100,14 @@ class Step:
                 inputs, spans, restore = pack(inputs, width, pad_id, position_rows)
                 chunks = chunk_rows(spans, inputs["input_ids"].shape[1], budget) if budget else None
                 cost = inputs["input_ids"].numel()
-            elif self.packs and not self.caches:  # media: the layout here, positions at embed time
-                inputs, _ = pack_media(inputs, self.pack_tokens)
-                chunks, cost = None, inputs["pack_index"].numel()
+            elif self.packs:  # media, in order: the layout here, rotary positions at embed time
+                inputs, spans = pack_media(inputs, min(self.pack_tokens, budget or self.pack_tokens))
+                chunks = chunk_rows(spans, inputs["pack_index"].shape[1], budget) if budget else None
+                if chunks:  # each chunk also takes its items' media tensors
+                    padded = {k: v for k, v in inputs.items() if k not in LAYOUT_KEYS}
+                    ranges = plan_chunks(padded, None, token_ids, ranges=[c["rows"] for c in chunks])
+                    chunks = [{**c, "media": r["media"]} for c, r in zip(chunks, ranges)]
+                cost = inputs["pack_index"].numel()
             else:
                 if self.caches and text:  # sorted by length, chunks carry little padding and can be
                     inputs, restore = sort_by_length(inputs)  # filled with more short rows (plan_chunks' fill)

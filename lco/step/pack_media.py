@@ -7,7 +7,8 @@ vision/audio towers fill the placeholders with the batch's media in order. So th
 - ``pack_media(batch, width)`` (host, CPU tensors): keeps the padded batch as it is and adds the layout of its
   items packed in order into rows of about ``width`` tokens (``pack.in_order_rows``): ``pack_index`` [R, W]
   (each slot's flat index into the padded [N, T] tokens, -1 for padding), ``text_positions`` [R, W] (0, 1, ...
-  per item), ``item_ids`` [R, W] and ``last_index`` [N] (pooling, as for text).
+  per item), ``item_ids`` [R, W] and ``last_index`` [N] (pooling, as for text). Under GradCache a chunk is a
+  run of packed rows with its items' padded rows and media slices (``plan.take_media_rows``).
 - ``media_inputs(headless, inputs, pad_id)`` (device, at embed time): the model's own multimodal rotary positions
   of the padded batch (its ``compute_3d_position_ids``), gathered into the packed layout behind the text positions
   ([4, R, W], the layout transformers reads packed sequences from), the packed ``input_ids`` and

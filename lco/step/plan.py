@@ -129,10 +129,11 @@ def row_ranges(lengths: list[int], size: int | None, fill: bool = False,
 
 
 def plan_chunks(batch: dict, size: int | None, token_ids: dict[str, int | None] | None = None,
-                fill: bool = False, budget: int | None = None) -> list[dict]:
+                fill: bool = False, budget: int | None = None,
+                ranges: list[tuple[int, int]] | None = None) -> list[dict]:
     """Chunks of ``size`` rows (``fill``: filled up to the same padded-token footprint; ``budget``: rows up to
-    that many padded tokens; see ``row_ranges``): ``{"rows": (start, end), "first_col": c, "media": {key:
-    (start, end)}}``.
+    that many padded tokens; see ``row_ranges``; or the given row ``ranges``): ``{"rows": (start, end),
+    "first_col": c, "media": {key: (start, end)}}``.
 
     Computed on the host (CPU tensors) before the batch moves to the device. ``token_ids`` maps ``image``,
     ``video``, ``audio`` to the model's placeholder token ids; needed only when the batch has media (whose
@@ -147,7 +148,7 @@ def plan_chunks(batch: dict, size: int | None, token_ids: dict[str, int | None] 
     counts = _media_counts(batch, token_ids or {})
     cursor = {key: 0 for _, keys in MEDIA.values() for key in keys if key in batch}
     chunks = []
-    for start, end in row_ranges(real.sum(dim=1).tolist(), size, fill=fill and not counts, budget=budget):
+    for start, end in ranges or row_ranges(real.sum(dim=1).tolist(), size, fill=fill and not counts, budget=budget):
         used = real[start:end].any(dim=0).nonzero()
         first_col = int(used[0]) if len(used) else 0
         media = {}
@@ -178,7 +179,9 @@ def plan_chunks(batch: dict, size: int | None, token_ids: dict[str, int | None] 
 def take(batch: dict, chunk: dict) -> dict:
     """The chunk's rows (leading padding dropped) and media slices; device-agnostic, no host sync. Media kinds
     with no item in the chunk are left out, as the processor leaves them out of a batch without them. A packed
-    chunk (``pack.chunk_rows``) is a range of packed rows (``pack.take_rows``)."""
+    chunk (``pack.chunk_rows``) is a range of packed rows (``pack.take_rows``; a media pass: ``take_media_rows``)."""
+    if "pack_index" in batch:
+        return take_media_rows(batch, chunk)
     if "packed" in chunk:
         return take_rows(batch, chunk)
     start, end = chunk["rows"]
@@ -186,4 +189,19 @@ def take(batch: dict, chunk: dict) -> dict:
     for key, (a, b) in chunk["media"].items():
         if b > a:
             out[key] = batch[key][a:b]
+    return out
+
+
+def take_media_rows(batch: dict, chunk: dict) -> dict:
+    """A chunk of a packed media pass (``pack_media.py``): its items' padded rows and media slices, and the layout
+    of its packed rows re-based on them; no host sync."""
+    (first, end), (r0, r1) = chunk["rows"], chunk["packed"]
+    width, padded_width = batch["pack_index"].shape[1], batch["input_ids"].shape[1]
+    out = {key: batch[key][first:end] for key in ROW_KEYS if key in batch}
+    out.update({key: batch[key][a:b] for key, (a, b) in chunk["media"].items() if b > a})
+    index = batch["pack_index"][r0:r1]
+    out["pack_index"] = torch.where(index >= 0, index - first * padded_width, index)
+    out["text_positions"] = batch["text_positions"][r0:r1]
+    out["item_ids"] = (batch["item_ids"][r0:r1] - first).clamp_min(-1)
+    out["last_index"] = batch["last_index"][first:end] - r0 * width
     return out
