@@ -55,9 +55,11 @@ class Prompter:
     def render(self, processor, item: dict) -> str:
         """The prompt string the model sees (special tokens included, generation prompt appended). A text item
         is put into its frame (``frame``) when the template has one, else rendered by the template."""
-        frame = self._frames.get(id(processor)) if modality(item) == "text" else None
-        if frame is None and modality(item) == "text" and id(processor) not in self._frames:
-            frame = self._frames[id(processor)] = self.frame(processor)
+        frame = None
+        if modality(item) == "text":
+            if id(processor) not in self._frames:
+                self._frames[id(processor)] = self.frame(processor)
+            frame = self._frames[id(processor)]
         if frame is not None:
             return frame[0] + (item.get("text") or "") + frame[1]
         return self._template(processor, item)

@@ -38,10 +38,11 @@ class Step:
     their own padded tokens (``None``: one pass per side, as the reference; with packing or GradCache every text
     side joins, since neither computes the padding). ``pack``: padding-free text passes (``pack.py``): items
     end to end in rows of ``pack_tokens`` tokens, attention kept inside each item; ``auto`` packs on CUDA
-    (``setup``). Passes with media are packed too (``pack_media.py``). GradCache (``gradcache.py``): ``cache_chunk`` embeds this many items at a time (text chunks of
-    shorter items hold more, up to the padded tokens of ``cache_chunk`` of the longest: ``plan.row_ranges``), or
-    ``cache_tokens`` this many computed tokens at a time, and re-computes them chunk by chunk in backward, so
-    activation memory is that of one chunk whatever the batch. ``None`` for both: no caching."""
+    (``setup``). Passes with media are packed too (``pack_media.py``). GradCache (``gradcache.py``):
+    ``cache_chunk`` embeds this many items at a time (text chunks of shorter items hold more, up to the padded
+    tokens of ``cache_chunk`` of the longest: ``plan.row_ranges``), or ``cache_tokens`` this many computed tokens
+    at a time, and re-computes them chunk by chunk in backward, so activation memory is that of one chunk
+    whatever the batch. ``None`` for both: no caching."""
 
     def __init__(self, fuse_max_padding: float | None = 1.25, cache_chunk: int | None = None,
                  cache_tokens: int | None = None, pack: bool | str = "auto", pack_tokens: int = 512):
@@ -95,13 +96,13 @@ class Step:
             lengths = inputs["attention_mask"].sum(dim=1).tolist()
             text, restore = set(inputs) <= TEXT_ONLY, None
             budget = self.cache_tokens or (self.cache_chunk and self.cache_chunk * max(lengths))
+            width = min(self.pack_tokens, budget or self.pack_tokens)  # of a packed row
             if self.packs and text:
-                width = min(self.pack_tokens, budget or self.pack_tokens)
                 inputs, spans, restore = pack(inputs, width, pad_id, position_rows)
                 chunks = chunk_rows(spans, inputs["input_ids"].shape[1], budget) if budget else None
                 cost = inputs["input_ids"].numel()
             elif self.packs:  # media, in order: the layout here, rotary positions at embed time
-                inputs, spans = pack_media(inputs, min(self.pack_tokens, budget or self.pack_tokens))
+                inputs, spans = pack_media(inputs, width)
                 chunks = chunk_rows(spans, inputs["pack_index"].shape[1], budget) if budget else None
                 if chunks:  # each chunk also takes its items' media tensors
                     padded = {k: v for k, v in inputs.items() if k not in LAYOUT_KEYS}
@@ -113,9 +114,9 @@ class Step:
                     inputs, restore = sort_by_length(inputs)  # filled with more short rows (plan_chunks' fill)
                 chunks = None if not self.caches else plan_chunks(
                     inputs, self.cache_chunk, token_ids, fill=restore is not None, budget=self.cache_tokens)
-                width = inputs["input_ids"].shape[1]
-                cost = (sum((c["rows"][1] - c["rows"][0]) * (width - c["first_col"]) for c in chunks) if chunks
-                        else len(lengths) * width)
+                padded_width = inputs["input_ids"].shape[1]
+                cost = (sum((c["rows"][1] - c["rows"][0]) * (padded_width - c["first_col"]) for c in chunks)
+                        if chunks else len(lengths) * padded_width)
             real, computed = real + sum(lengths), computed + cost
             passes.append({"inputs": inputs, "sides": members, "chunks": chunks, "restore": restore,
                            "packed": "last_index" in inputs,

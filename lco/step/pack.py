@@ -34,6 +34,14 @@ from lco.errors import BatchLayoutError
 PACK_KEYS = ("item_ids", "last_index")  # the Embedder's, not the model's
 
 
+def real_lengths(batch: dict) -> torch.Tensor:
+    """Real tokens per item [N] of a padded batch; every item must have one to be packed."""
+    lengths = batch["attention_mask"].sum(dim=1)
+    if (lengths == 0).any():
+        raise BatchLayoutError("a row of the batch has no real token (attention_mask all 0); it cannot be packed")
+    return lengths
+
+
 def assign_rows(lengths: list[int], width: int) -> list[list[int]]:
     """Items (indices into ``lengths``) per packed row: ``ceil(total / width)`` rows of at most ``width`` tokens
     (or the longest item's, if longer), filled evenly, since the packed tensor is as wide as its fullest row.
@@ -104,9 +112,7 @@ def pack(batch: dict, width: int, pad_id: int, position_rows: int = 1) -> tuple[
     """The packed batch (see the module docstring), its rows' item ranges, and ``restore``: the items are packed
     row by row in the order ``assign_rows`` chose, so ``embeddings[restore]`` is in the batch's order (None: the
     same order). Host-side, CPU tensors."""
-    lengths = batch["attention_mask"].sum(dim=1)
-    if (lengths == 0).any():
-        raise BatchLayoutError("a row of the batch has no real token (attention_mask all 0); it cannot be packed")
+    lengths = real_lengths(batch)
     rows_of = assign_rows(lengths.tolist(), width)
     order = torch.tensor([i for row in rows_of for i in row])
     restore = None if torch.equal(order, torch.arange(len(order))) else torch.argsort(order)
@@ -134,12 +140,12 @@ def chunk_rows(spans: list[tuple[int, int]], width: int, budget: int) -> list[di
             for r in range(0, len(spans), per_chunk)]
 
 
-def take_rows(batch: dict, chunk: dict) -> dict:
-    """A packed chunk's rows, its items' pooling indices shifted to the chunk; no host sync."""
+def take_rows(batch: dict, chunk: dict, keys=("input_ids", "position_ids", "mm_token_type_ids")) -> dict:
+    """A packed chunk's rows of ``keys`` (packed [..., R, W] tensors), its items' pooling indices shifted to the
+    chunk; no host sync."""
     (first, end), (r0, r1) = chunk["rows"], chunk["packed"]
-    width = batch["input_ids"].shape[1]
-    out = {key: batch[key][..., r0:r1, :] for key in ("input_ids", "position_ids", "mm_token_type_ids")
-           if key in batch}
+    width = batch["item_ids"].shape[1]
+    out = {key: batch[key][..., r0:r1, :] for key in keys if key in batch}
     out["item_ids"] = (batch["item_ids"][r0:r1] - first).clamp_min(-1)
     out["last_index"] = batch["last_index"][first:end] - r0 * width
     return out

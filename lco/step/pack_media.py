@@ -26,7 +26,7 @@ import inspect
 import torch
 
 from lco.errors import BatchLayoutError
-from lco.step.pack import in_order_rows, layout, positions_and_items
+from lco.step.pack import in_order_rows, layout, positions_and_items, real_lengths
 
 LAYOUT_KEYS = ("pack_index", "text_positions", "item_ids", "last_index")
 ROW_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
@@ -34,10 +34,7 @@ ROW_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
 
 def pack_media(batch: dict, width: int) -> tuple[dict, list[tuple[int, int]]]:
     """The padded media ``batch`` plus its packed layout (see the module docstring), and the rows' item ranges."""
-    mask = batch["attention_mask"].bool()
-    lengths = mask.sum(dim=1)
-    if (lengths == 0).any():
-        raise BatchLayoutError("a row of the batch has no real token (attention_mask all 0); it cannot be packed")
+    mask, lengths = batch["attention_mask"].bool(), real_lengths(batch)
     lay = layout(lengths, in_order_rows(lengths.tolist(), width))
     pack_index = torch.full((lay["rows"], lay["cols"]), -1, dtype=torch.long)
     pack_index[lay["where"]] = mask.flatten().nonzero().squeeze(1)  # real tokens in item order

@@ -196,12 +196,9 @@ def take_media_rows(batch: dict, chunk: dict) -> dict:
     """A chunk of a packed media pass (``pack_media.py``): its items' padded rows and media slices, and the layout
     of its packed rows re-based on them; no host sync."""
     (first, end), (r0, r1) = chunk["rows"], chunk["packed"]
-    width, padded_width = batch["pack_index"].shape[1], batch["input_ids"].shape[1]
     out = {key: batch[key][first:end] for key in ROW_KEYS if key in batch}
     out.update({key: batch[key][a:b] for key, (a, b) in chunk["media"].items() if b > a})
+    out.update(take_rows(batch, chunk, keys=("text_positions",)))
     index = batch["pack_index"][r0:r1]
-    out["pack_index"] = torch.where(index >= 0, index - first * padded_width, index)
-    out["text_positions"] = batch["text_positions"][r0:r1]
-    out["item_ids"] = (batch["item_ids"][r0:r1] - first).clamp_min(-1)
-    out["last_index"] = batch["last_index"][first:end] - r0 * width
+    out["pack_index"] = torch.where(index >= 0, index - first * batch["input_ids"].shape[1], index)
     return out
