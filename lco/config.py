@@ -119,6 +119,7 @@ CHOICE_RULES = [
     ("embed.pooling", ("last", "mean")),
     ("module.gradient_checkpointing", ("auto", True, False)),
     ("step.pack", ("auto", True, False)),
+    ("step.share_prefix", (True, False)),
     ("module.compile", (True, False)),
 ]
 
@@ -188,6 +189,26 @@ def _undeclared(cfg: DictConfig) -> list[str]:
     return undeclared_keys(cfg, hydra_cfg.job.config_name, dict(hydra_cfg.runtime.choices))
 
 
+def _prefix_problems(cfg: DictConfig) -> list[str]:
+    """``step.share_prefix=true`` with what cannot carry it: activation checkpointing (a checkpointed layer drops
+    the prefix's keys and values) or an attention kernel that takes no 4-D mask (``lco/step/prefix.py``)."""
+    from lco.step.prefix import MASKED_ATTENTION
+
+    if OmegaConf.select(cfg, "step.share_prefix", default=None, throw_on_missing=False) is not True:
+        return []
+    problems = []
+    if OmegaConf.select(cfg, "module.gradient_checkpointing", default=None, throw_on_missing=False) is True:
+        problems.append("step.share_prefix=true and module.gradient_checkpointing=true cannot be combined: a "
+                        "checkpointed decoder layer drops the shared prefix's keys and values. Set "
+                        "module.gradient_checkpointing=auto (off when sharing) or false, or step.share_prefix=false.")
+    attention = OmegaConf.select(cfg, "model.attn_implementation", default=None, throw_on_missing=False)
+    if attention is not None and attention not in MASKED_ATTENTION:
+        problems.append(f"step.share_prefix=true needs attention that takes a 4-D mask ({', '.join(MASKED_ATTENTION)})"
+                        f", not model.attn_implementation={attention}. Set model.attn_implementation=sdpa or "
+                        "step.share_prefix=false.")
+    return problems
+
+
 def check_config(cfg: DictConfig) -> None:
     """Raise ``ConfigError`` listing every bad key (all at once: not an argument of its ``_target_``, or not declared
     by the chosen options' YAML, ``lco.keys``), every unresolvable interpolation, every value out of type or range
@@ -204,6 +225,7 @@ def check_config(cfg: DictConfig) -> None:
     problems.extend(_undeclared(cfg))
     problems.extend(value_problems(cfg))
     problems.extend(config_problems(cfg))
+    problems.extend(_prefix_problems(cfg))
     if problems:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems)
                           + "\nFix the keys above (command line or conf/ files); nothing was loaded.")

@@ -25,10 +25,11 @@ from lco.models.embedder import Embedder
 from lco.step import Step
 
 
-def checkpointing(setting: str | bool, cuda: bool, caches: bool) -> bool:
+def checkpointing(setting: str | bool, cuda: bool, caches: bool, shares_prefix: bool = False) -> bool:
     """Whether to turn on activation checkpointing: ``setting`` (``module.gradient_checkpointing``), on a CUDA
-    device or not, with GradCache or not (``auto``: on CUDA without GradCache)."""
-    return setting if setting != "auto" else cuda and not caches
+    device or not, with GradCache or not, sharing a prefix or not (``auto``: on CUDA without GradCache and without
+    ``step.share_prefix``, whose prefix keys and values a checkpointed layer would drop)."""
+    return setting if setting != "auto" else cuda and not caches and not shares_prefix
 
 
 class ContrastiveModule(pl.LightningModule):
@@ -80,8 +81,9 @@ class ContrastiveModule(pl.LightningModule):
         """Settings that depend on the device: the step's ``pack=auto``, activation checkpointing, compilation.
         Lightning's ``setup`` calls it; the GPU bench, which runs without a Trainer, too."""
         self.step.setup("cuda" if cuda else "cpu")
-        if checkpointing(self.gradient_checkpointing, cuda, self.step.caches):
-            self.embedder.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if checkpointing(self.gradient_checkpointing, cuda, self.step.caches, self.step.share_prefix):
+            self.embedder.model.activation_checkpointing_enable(
+                activation_checkpointing_kwargs={"use_reentrant": False})
         if self.compile_layers and not self.layers_compiled:  # setup runs per stage (validate, then fit)
             for layer in self.embedder.decoder_layers:
                 layer.compile(dynamic=True)
@@ -110,7 +112,10 @@ class ContrastiveModule(pl.LightningModule):
             return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["rows"])
         tokens = batch["tokens"]  # Python ints from the plan: logging them costs no device sync
-        self.log("train/real_token_fraction", tokens["real"] / tokens["computed"], batch_size=batch["rows"])
+        self.log("train/real_token_fraction", (tokens["real"] - tokens["shared"]) / tokens["computed"],
+                 batch_size=batch["rows"])
+        if self.step.share_prefix:
+            self.log("train/shared_prefix_fraction", tokens["shared"] / tokens["real"], batch_size=batch["rows"])
         if self.loss_fn.log_scale.requires_grad:  # a fixed temperature is in config.yaml; logging costs ~1 ms
             self.log("train/temperature", 1.0 / self.loss_fn.scale().detach(), batch_size=1)
         self.history["train/loss"].append(loss.detach())

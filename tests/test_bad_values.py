@@ -22,6 +22,7 @@ CASES = {
     "step.cache_chunk=0": "step.cache_chunk=0 is not valid: GradCache items per chunk",
     "step.cache_tokens=0": "step.cache_tokens=0 is not valid: GradCache tokens per chunk must be an integer >= 1",
     "step.pack=yes": "step.pack='yes' is not valid: use one of auto, True, False.",
+    "step.share_prefix=yes": "step.share_prefix='yes' is not valid: use one of True, False.",
     "data.on_error=skipp": "data.on_error='skipp' is not valid: use one of raise, skip. Did you mean skip?",
     "optim.scheduler.name=cosin": "optim.scheduler.name='cosin' is not valid: use one of linear, cosine.",
     # these trained before: a word where a flag belongs, the word "None" after every item, a negative share

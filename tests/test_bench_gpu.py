@@ -50,7 +50,23 @@ def test_dry_run_writes_results(tmp_path):
     assert saved["packing_speedup"]["6"] == packed["triplets_per_s"] / padded["triplets_per_s"]
     assert padded["losses"][0] == pytest.approx(packed["losses"][0], rel=1e-5)  # same first batch, same loss
     assert result["peak_tflops"] is None and packed["mfu"] is None  # no MFU without a known device peak
-    assert "| 6 | 9 | yes |" in (tmp_path / "gpu_results.md").read_text()
+    assert "| 6 | 9 | yes | no |" in (tmp_path / "gpu_results.md").read_text() and saved["prefix_speedup"] == {}
+
+
+def test_dry_run_times_a_shared_prefix(tmp_path):
+    """``share_prefix=[false,true]``: each packed scenario again with the chat template's opening computed once per
+    pass or chunk; the same first loss, fewer computed tokens, and the speedup reported per batch and layout."""
+    result = run(compose_train(tmp_path, DRY + ["pack=[true]", "share_prefix=[false,true]", f"output_dir={tmp_path}"],
+                               config_name="bench_gpu"))
+    rows = result["scenarios"]
+    assert [(r["batch"], r["packed"], r["shared_prefix"]) for r in rows] == [
+        (3, True, False), (6, True, False), (3, True, True), (6, True, True)]
+    for plain, shared in ((rows[0], rows[2]), (rows[1], rows[3])):
+        assert shared["losses"][0] == pytest.approx(plain["losses"][0], rel=1e-5)
+        assert shared["real_fraction"] <= 1.0 and shared["real_tokens_per_s"] > 0
+    assert set(result["prefix_speedup"]) == {"3 packed", "6 packed"} and result["packing_speedup"] == {}
+    assert result["prefix_speedup"]["6 packed"] == rows[3]["triplets_per_s"] / rows[1]["triplets_per_s"]
+    assert "Shared prefix / not triplets/s: **" in (tmp_path / "gpu_results.md").read_text()
 
 
 def test_uniform_lengths_count_every_token(tmp_path):

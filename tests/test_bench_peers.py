@@ -45,11 +45,12 @@ def test_st_embeds_lcos_prompts_exactly_as_lco(tmp_path):
     assert torch.allclose(embedder.encode(items), st.encode(prompts, convert_to_tensor=True), atol=1e-6)
 
 
-@pytest.mark.parametrize("chunk", [4, None])
-def test_lco_and_st_trainers_reach_the_same_lora_weights(tmp_path, chunk):
-    """Three steps of ST's trainer (cached MNRL, or MNRL) and of lco (cached at the same chunk, or uncached) from the
-    same start, data order, scale, AdamW and schedule end on the same adapter: the timed runs do the same work."""
-    cfg = peer_cfg(_cfg(tmp_path, ["method.dropout=0", "peers.steps=3"]), chunk)
+@pytest.mark.parametrize("chunk,share_prefix", [(4, False), (None, False), (4, True)])
+def test_lco_and_st_trainers_reach_the_same_lora_weights(tmp_path, chunk, share_prefix):
+    """Three steps of ST's trainer (cached MNRL, or MNRL) and of lco (cached at the same chunk, or uncached; also
+    computing the chat prefix once per chunk) from the same start, data order, scale, AdamW and schedule end on the
+    same adapter: the timed runs do the same work."""
+    cfg = peer_cfg(_cfg(tmp_path, ["method.dropout=0", "peers.steps=3"]), chunk, share_prefix=share_prefix)
     records = load_records(cfg)
     assert len(records) == 24
     st_times, st = st_run(cfg, *lco_start(cfg, records), chunk=chunk, device=CPU)
@@ -71,10 +72,10 @@ def test_bench_writes_peer_results(tmp_path):
     assert set(b["shapes"]) == set(e["shapes"]) == {"allnli", "uniform"}
     for shape in b["shapes"].values():
         row = shape["rounds"][0]
-        for name in ("cached", "uncached"):
+        for name in ("cached", "uncached", "cached_prefix", "uncached_prefix"):
             assert row[f"{name}_ratio"] == row[f"st_{name}_s"] / row[f"lco_{name}_s"] == shape[f"{name}_ratio_median"]
             assert shape[f"lco_{name}_triplets_per_s"] == 8 / row[f"lco_{name}_s"]
-    for name in ("cached", "uncached"):
+    for name in ("cached", "uncached", "cached_prefix", "uncached_prefix"):
         assert b[f"{name}_ratio"] == min(shape[f"{name}_ratio_median"] for shape in b["shapes"].values())
     assert d["rounds"][0]["ratio"] == d["rounds"][0]["st_s"] / d["rounds"][0]["lco_s"] == d["ratio_median"]
     assert d["min_cosine"] >= 0.999 and d["items"] == 24
@@ -82,9 +83,15 @@ def test_bench_writes_peer_results(tmp_path):
     allnli, uniform = e["shapes"]["allnli"], e["shapes"]["uniform"]
     assert allnli["padded"] < uniform["padded"] <= 1.0 and allnli["padded"] < 0.85
     assert allnli["packed_512"] > 0.9 and allnli["packed_512"] > allnli["padded"]
-    assert allnli["time_128"]["speedup"] > 0 and set(allnli["time_128"]) == {"padded_s", "packed_s", "speedup"}
+    assert allnli["time_128"]["speedup"] > 0 and set(allnli["time_128"]) == {"padded_s", "variant_s", "speedup"}
+    # a shared prefix: the chat template's 14 opening tokens computed once per pass, so uniform batches (no padding
+    # to pack away) compute fewer tokens than their items hold
+    assert uniform["padded_shared"] > 1.2 and uniform["packed_512_shared"] >= uniform["padded_shared"]
+    assert allnli["padded_shared"] > allnli["padded"] and allnli["packed_512_shared"] > allnli["padded_shared"]
+    assert allnli["time_shared"]["speedup"] > 0
     text = (tmp_path / "results.md").read_text()
     assert "## (b) lco vs sentence-transformers training" in text and f"cached **{b['cached_ratio']:.3f}**" in text
+    assert f"cached, shared prefix **{b['cached_prefix_ratio']:.3f}**" in text
     assert "### uniform: `nli_shaped(n=16, seed=0, uniform_words=12)`" in text
     assert "## (d) lco vs sentence-transformers embedding" in text and f"**{d['ratio_median']:.3f}**" in text
     assert "## (e) Padding-free packing" in text and f"| allnli | {allnli['padded']:.3f} |" in text

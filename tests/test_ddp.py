@@ -104,11 +104,12 @@ def test_lightning_ddp_cpu_step_equals_single_process_step(tmp_path):
         assert torch.allclose(ddp[key], value, atol=1e-5, rtol=1e-4), key
 
 
-@pytest.mark.parametrize("step", [("step.cache_chunk=3",), ("step.pack=true", "step.cache_tokens=96")],
-                         ids=["items", "packed-tokens"])
+@pytest.mark.parametrize("step", [("step.cache_chunk=3",), ("step.pack=true", "step.cache_tokens=96"),
+                                  ("step.pack=true", "step.cache_tokens=96", "step.share_prefix=true")],
+                         ids=["items", "packed-tokens", "packed-tokens-shared-prefix"])
 def test_gradcache_under_ddp_equals_single_process_without_cache(tmp_path, step):
-    """GradCache (chunks of 3 items, so chunks straddle sides; or packed rows in chunks of 96 tokens) on 2 gloo
-    ranks for 2 steps: each LoRA weight gets the sum over chunks once per backward, DDP averages it, and the
+    """GradCache (chunks of 3 items, so chunks straddle sides; or packed rows in chunks of 96 tokens, also behind a
+    shared prefix computed once per chunk) on 2 gloo ranks for 2 steps: each LoRA weight gets the sum over chunks once per backward, DDP averages it, and the
     weights equal one uncached, padded process.
     Two SGD steps at lr 1 amplify float noise (measured: plain 2-rank DDP differs from one process by 2.5e-5 of
     a tensor's largest entry, GradCache DDP by 3.8e-5), hence the bound of 1e-4 of the largest entry."""

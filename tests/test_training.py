@@ -70,7 +70,7 @@ def test_nonreentrant_checkpointing_gives_the_same_gradients(tiny_backbone):
                 torch.nn.init.normal_(p, std=0.1, generator=torch.Generator().manual_seed(len(name)))
         embedder.train()
         if checkpointing:
-            embedder.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            embedder.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             assert embedder.headless.gradient_checkpointing
         items = [{"text": f"a {c} cube"} for c in ("red", "green", "blue", "black")]
         a, p = embedder(embedder.preprocessor(items)), embedder(embedder.preprocessor(items[::-1]))

@@ -8,7 +8,8 @@ lco's training step (``ContrastiveModule``'s plan + embed + InfoNCE + backward +
 ``lengths=allnli`` (default) draws All-NLI-shaped items (``lco/bench/lengths.py``) wrapped in the paper's prompt
 and Qwen's chat template by lco's ``Preprocessor``; ``lengths=uniform`` gives every item ``seq_len`` random
 tokens (the earlier benchmark). Scenarios, each for every ``pack`` setting (padded, and padding-free packed
-text passes: ``step.pack``):
+text passes: ``step.pack``) and every ``share_prefix`` setting (``step.share_prefix``: the chat template's opening
+computed once per pass or chunk):
 
 - ``per_device_batch`` triplets without GradCache (the reference: 33 per GPU), and
 - ``global_batch`` triplets on this one device through GradCache, each chunk the padded tokens of one device's
@@ -19,7 +20,8 @@ text passes: ``step.pack``):
 ``load_backbone`` in 4-bit NF4 (QLoRA, the users' path).
 
 Reported per scenario: seconds per step, triplets/s, real (unpadded) tokens/s, real / computed tokens,
-model-FLOP utilisation counted on real tokens, peak memory, and the paper's text run (``paper_triplets``: 276K
+model-FLOP utilisation counted on real tokens (with a shared prefix, every item's prefix included: the work it
+spared counted as done), peak memory, and the paper's text run (``paper_triplets``: 276K
 triplets x 2 epochs) extrapolated to GPU-hours on this one device. Model FLOPs per real token of an item of T
 tokens are ``4 N + 12 L H Q T`` (N decoder matmul parameters, L layers, H heads, Q head dim):
 forward (2N + 4LHQT) plus the backward for activations (2N for the frozen weights, which need no weight
@@ -120,13 +122,13 @@ def _backbone(cfg: DictConfig, device: torch.device):
                              quantization=cfg.quantization)
 
 
-def _module(cfg: DictConfig, device: torch.device, chunk: int | None, pack: bool):
+def _module(cfg: DictConfig, device: torch.device, chunk: int | None, pack: bool, share_prefix: bool = False):
     from lco.models.embedder import configured
     from lco.module import ContrastiveModule
 
     backbone = _backbone(cfg, device)
     with open_dict(cfg):
-        cfg.step.cache_chunk, cfg.step.pack = chunk, pack
+        cfg.step.cache_chunk, cfg.step.pack, cfg.step.share_prefix = chunk, pack, share_prefix
     module = ContrastiveModule(configured(cfg, backbone), instantiate(cfg.method), instantiate(cfg.loss),
                                instantiate(cfg.step), partial(torch.optim.AdamW, lr=1e-4),
                                gradient_checkpointing=cfg.gradient_checkpointing, max_nonfinite_skips=0,
@@ -154,17 +156,19 @@ def real_flops(text_config, lengths: list[int]) -> float:
     return sum(n * model_flops_per_token(text_config, n) for n in lengths)
 
 
-def scenario(cfg: DictConfig, device: torch.device, batch_size: int, chunk: int | None, pack: bool = False) -> dict:
-    """Time ``cfg.steps`` training steps (first ``cfg.warmup`` not counted) of one (batch, chunk, pack) setting."""
+def scenario(cfg: DictConfig, device: torch.device, batch_size: int, chunk: int | None, pack: bool = False,
+             share_prefix: bool = False) -> dict:
+    """Time ``cfg.steps`` training steps (first ``cfg.warmup`` not counted) of one (batch, chunk, pack, shared
+    prefix) setting."""
     from pytorch_lightning.utilities import move_data_to_device
 
     gc.collect()  # the previous scenario's model (reference cycles) must be gone before memory is measured
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    module = _module(cfg, device, chunk, pack)
+    module = _module(cfg, device, chunk, pack, share_prefix)
     optimizer = module.configure_optimizers()
     generator = torch.Generator().manual_seed(cfg.seed)
-    times, losses, flops, real, computed = [], [], [], [], []
+    times, losses, flops, real, computed, shared = [], [], [], [], [], []
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     text_config = module.embedder.model.config.get_text_config()
@@ -187,6 +191,7 @@ def scenario(cfg: DictConfig, device: torch.device, batch_size: int, chunk: int 
         flops.append(real_flops(text_config, lengths))
         real.append(planned["tokens"]["real"])
         computed.append(planned["tokens"]["computed"])
+        shared.append(planned["tokens"]["shared"])
     timed = slice(cfg.warmup, None)
     step, seconds = statistics.median(times[timed]), sum(times[timed])
     peak = _peak_tflops(cfg, device)
@@ -194,9 +199,10 @@ def scenario(cfg: DictConfig, device: torch.device, batch_size: int, chunk: int 
     params = sum(p.numel() for p in module.parameters())
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
     triplets_per_s = batch_size * len(times[timed]) / seconds
-    return {"batch": batch_size, "chunk": chunk, "packed": pack, "step_s": step, "triplets_per_s": triplets_per_s,
+    return {"batch": batch_size, "chunk": chunk, "packed": pack, "shared_prefix": share_prefix, "step_s": step, "triplets_per_s": triplets_per_s,
             "real_tokens_per_s": sum(real[timed]) / seconds,
-            "real_fraction": sum(real[timed]) / sum(computed[timed]), "model_tflops_per_s": tflops,
+            "real_fraction": (sum(real[timed]) - sum(shared[timed])) / sum(computed[timed]),
+            "model_tflops_per_s": tflops,
             "mfu": tflops / peak if peak else None, "paper_gpu_hours": cfg.paper_triplets / triplets_per_s / 3600,
             "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
             "losses": losses, "parameters": params, "trainable": trainable,
@@ -218,11 +224,17 @@ def _version(package: str) -> str:
     return version(package)
 
 
-def _speedups(rows: list[dict]) -> dict[str, float]:
-    """Packed / padded triplets/s per batch size, where both were measured."""
-    by = {(r["batch"], r["packed"]): r["triplets_per_s"] for r in rows}
-    return {str(batch): by[(batch, True)] / by[(batch, False)] for batch, packed in by
-            if packed and (batch, False) in by}
+def _speedups(rows: list[dict], knob: str) -> dict[str, float]:
+    """Triplets/s with ``knob`` (``packed`` or ``shared_prefix``) on / off, the other knob the same, where both were
+    measured: keyed by batch size (``packed``), or batch size and layout (``shared_prefix``: "33 packed")."""
+    other = "shared_prefix" if knob == "packed" else "packed"
+    by = {(r["batch"], r[other], r[knob]): r["triplets_per_s"] for r in rows}
+    out = {}
+    for batch, fixed, on in by:
+        if on and (batch, fixed, False) in by and (knob == "shared_prefix" or not fixed):
+            key = str(batch) if knob == "packed" else f"{batch} {'packed' if fixed else 'padded'}"
+            out[key] = by[(batch, fixed, True)] / by[(batch, fixed, False)]
+    return out
 
 
 def _report(cfg: DictConfig, result: dict) -> list[str]:
@@ -240,18 +252,22 @@ def _report(cfg: DictConfig, result: dict) -> list[str]:
              f"{rows[0]['parameters']:,} parameters{packed}, {rows[0]['trainable']:,} trainable. "
              f"Command: `python -m lco.bench.gpu {' '.join(_overrides(cfg))}`. MFU counts real (unpadded) tokens "
              f"only; GPU-hours: the paper's text run ({cfg.paper_triplets:,} triplets) at this rate on one device.",
-             "", "| triplets per step | GradCache chunk | packed | s/step | triplets/s | real tokens/s | real / "
-             "computed | model TFLOP/s | MFU | peak GiB | paper GPU-h |", "|---" * 11 + "|"]
+             "", "| triplets per step | GradCache chunk | packed | shared prefix | s/step | triplets/s | real tokens/s | "
+             "real / computed | model TFLOP/s | MFU | peak GiB | paper GPU-h |", "|---" * 12 + "|"]
     for r in rows:
         mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
         mem = f"{r['peak_memory_gib']:.1f}" if r["peak_memory_gib"] is not None else "n/a"
         lines.append(f"| {r['batch']} | {r['chunk'] or 'off'} | {'yes' if r['packed'] else 'no'} | "
+                     f"{'yes' if r['shared_prefix'] else 'no'} | "
                      f"{r['step_s']:.3f} | "
                      f"{r['triplets_per_s']:,.1f} | {r['real_tokens_per_s']:,.0f} | {r['real_fraction']:.2f} | "
                      f"{r['model_tflops_per_s']:.1f} | {mfu} | {mem} | {r['paper_gpu_hours']:.2f} |")
     if result["packing_speedup"]:
         lines += ["", "Packed / padded triplets/s: " + ", ".join(
             f"**{v:.2f}x** at {k} triplets per step" for k, v in result["packing_speedup"].items()) + "."]
+    if result["prefix_speedup"]:
+        lines += ["", "Shared prefix / not triplets/s: " + ", ".join(
+            f"**{v:.2f}x** at {k}" for k, v in result["prefix_speedup"].items()) + "."]
     return lines
 
 
@@ -283,18 +299,23 @@ def run(cfg: DictConfig) -> dict:
         raise ConfigError(f"size={cfg.size} needs a CUDA GPU (none visible); use size=dry_run to check the script.")
     if (problem := quantization.environment_problem(cfg.quantization)) is not None:
         raise ConfigError(problem.replace(quantization.KEY, "quantization"))
+    if not cfg.share_prefix or any(p not in (True, False) for p in cfg.share_prefix):
+        raise ConfigError(f"share_prefix={list(cfg.share_prefix) if cfg.share_prefix else cfg.share_prefix!r}: give "
+                          "a list of true/false, e.g. [false, true].")
     rows = []
     for pack in cfg.pack:
-        rows.append(scenario(cfg, device, cfg.per_device_batch, None, pack))
-        if cfg.global_batch is not None:  # a chunk = the padded tokens of one device's fused pass
-            rows.append(scenario(cfg, device, cfg.global_batch, 3 * cfg.per_device_batch, pack))
+        for share in cfg.share_prefix:
+            rows.append(scenario(cfg, device, cfg.per_device_batch, None, pack, share))
+            if cfg.global_batch is not None:  # a chunk = the padded tokens of one device's fused pass
+                rows.append(scenario(cfg, device, cfg.global_batch, 3 * cfg.per_device_batch, pack, share))
     result = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": platform.platform(),
               "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
               "transformers": _version("transformers"), "peft": _version("peft"), "size": cfg.size,
               "quantization": cfg.quantization, "compile": cfg.compile, "lengths": cfg.lengths,
               "seq_len": cfg.seq_len,
               "method": OmegaConf.to_container(cfg.method), "scenarios": rows, "peak_tflops": _peak_tflops(cfg, device),
-              "paper_triplets": cfg.paper_triplets, "packing_speedup": _speedups(rows)}
+              "paper_triplets": cfg.paper_triplets, "packing_speedup": _speedups(rows, "packed"),
+              "prefix_speedup": _speedups(rows, "shared_prefix")}
     lines = _report(cfg, result)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)

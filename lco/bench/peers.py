@@ -45,14 +45,15 @@ from lco.optim import effective_warmup
 SIDES = ("anchor", "positive", "negative")
 
 
-def peer_cfg(cfg: DictConfig, cache_chunk: int | None = None, shape: str | None = None) -> DictConfig:
+def peer_cfg(cfg: DictConfig, cache_chunk: int | None = None, shape: str | None = None,
+             share_prefix: bool = False) -> DictConfig:
     """``cfg`` with ``model`` = ``peer_model``, ``source`` = ``peers.sources[shape]`` (default: the first),
-    part (b)'s sizes and ``step.cache_chunk``."""
+    part (b)'s sizes, ``step.cache_chunk`` and ``step.share_prefix``."""
     out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     with open_dict(out):
         out.model, out.source = out.peer_model, out.peers.sources[shape or next(iter(out.peers.sources))]
         out.batch_size, out.steps = out.peers.batch_size, out.peers.steps
-        out.step.cache_chunk = cache_chunk
+        out.step.cache_chunk, out.step.share_prefix = cache_chunk, share_prefix
     return out
 
 
@@ -227,13 +228,17 @@ def render_seconds(encoder, records: list[dict], batch_size: int) -> float:
 def _training(cfg: DictConfig, device: torch.device, shape: str) -> tuple[dict, list[str]]:
     """Part (b) on one data shape (``peers.sources[shape]``): its results and its table."""
     p = cfg.peers
-    cached, base = peer_cfg(cfg, p.chunk, shape), peer_cfg(cfg, shape=shape)
+    base = peer_cfg(cfg, shape=shape)
+    pairs = [("cached", peer_cfg(cfg, p.chunk, shape), p.chunk), ("uncached", base, None)]
+    if p.share_prefix:  # the same two pairs, lco computing each pass's chat-template prefix once
+        pairs += [("cached_prefix", peer_cfg(cfg, p.chunk, shape, True), p.chunk),
+                  ("uncached_prefix", peer_cfg(cfg, shape=shape, share_prefix=True), None)]
     records = load_records(base)
     start, method, columns, scale = lco_start(base, records)
     rounds = []
     for _ in range(p.rounds):
         row = {}
-        for name, lco_cfg, chunk in (("cached", cached, p.chunk), ("uncached", base, None)):
+        for name, lco_cfg, chunk in pairs:
             times = take_turns(lambda turn: lco_train(lco_cfg, records, device, turn),
                                lambda turn: st_run(base, start, method, columns, scale, chunk, device, turn), device)
             lco, st = (counted(times[who], p.warmup) for who in ("lco", "st"))
@@ -245,20 +250,21 @@ def _training(cfg: DictConfig, device: torch.device, shape: str) -> tuple[dict, 
               "lco_prompt_s_per_batch": render_seconds(start.preprocessor, records[: 4 * p.batch_size], p.batch_size)}
     for key in rounds[0]:
         result[f"{key}_median"] = statistics.median(r[key] for r in rounds)
+    names = [name for name, _, _ in pairs]
     for who in ("st", "lco"):
-        for name in ("cached", "uncached"):
+        for name in names:
             result[f"{who}_{name}_triplets_per_s"] = p.batch_size / result[f"{who}_{name}_s_median"]
+    label = {name: name.replace("_prefix", ", shared prefix") for name in names}
     lines = [f"### {shape}: `{result['source']}`", "",
-             "| round | ST cached s/step | lco cached s/step | cached: lco / ST triplets/s (per-step) | ST uncached "
-             "s/step | lco uncached s/step | uncached: lco / ST triplets/s (per-step) |", "|---" * 7 + "|"]
-    lines += [f"| {i} | {r['st_cached_s']:.4f} | {r['lco_cached_s']:.4f} | {r['cached_ratio']:.3f} "
-              f"({r['cached_pair_ratio']:.3f}) | {r['st_uncached_s']:.4f} | {r['lco_uncached_s']:.4f} | "
-              f"{r['uncached_ratio']:.3f} ({r['uncached_pair_ratio']:.3f}) |" for i, r in enumerate(rounds)]
-    lines += ["", f"Median ratio (triplets/s lco / ST): cached **{result['cached_ratio_median']:.3f}**, uncached "
-              f"**{result['uncached_ratio_median']:.3f}**; triplets/s cached ST "
-              f"{result['st_cached_triplets_per_s']:.1f}, lco {result['lco_cached_triplets_per_s']:.1f}; uncached ST "
-              f"{result['st_uncached_triplets_per_s']:.1f}, lco {result['lco_uncached_triplets_per_s']:.1f}; lco "
-              f"prepared the chat prompts in {1000 * result['lco_prompt_s_per_batch']:.1f} ms per batch.", ""]
+             "| round | " + " | ".join(f"ST {label[n]} s/step | lco {label[n]} s/step | {label[n]}: lco / ST "
+                                      "triplets/s (per-step)" for n in names) + " |", "|---" * (1 + 3 * len(names)) + "|"]
+    lines += [f"| {i} | " + " | ".join(f"{r[f'st_{n}_s']:.4f} | {r[f'lco_{n}_s']:.4f} | {r[f'{n}_ratio']:.3f} "
+                                       f"({r[f'{n}_pair_ratio']:.3f})" for n in names) + " |"
+              for i, r in enumerate(rounds)]
+    lines += ["", "Median ratio (triplets/s lco / ST): " + "; ".join(
+        f"{label[n]} **{result[f'{n}_ratio_median']:.3f}** (ST {result[f'st_{n}_triplets_per_s']:.1f}, lco "
+        f"{result[f'lco_{n}_triplets_per_s']:.1f} triplets/s)" for n in names)
+        + f". lco prepared the chat prompts in {1000 * result['lco_prompt_s_per_batch']:.1f} ms per batch.", ""]
     return result, lines
 
 
@@ -272,8 +278,9 @@ def part_b(cfg: DictConfig, device: torch.device) -> tuple[dict, list[str]]:
                       "(CachedMNRL) and both without (MNRL)",
               "model": base.model.path, "batch_size": p.batch_size, "steps": p.steps, "warmup": p.warmup,
               "chunk": p.chunk, "shapes": shapes, "goal": ">= 1.2 on every data shape",
-              "cached_ratio": min(r["cached_ratio_median"] for r in shapes.values()),
-              "uncached_ratio": min(r["uncached_ratio_median"] for r in shapes.values())}
+              **{f"{name}_ratio": min(r[f"{name}_ratio_median"] for r in shapes.values())
+                 for name in ("cached", "uncached", "cached_prefix", "uncached_prefix")
+                 if f"{name}_ratio_median" in next(iter(shapes.values()))}}
     lines = ["## (b) lco vs sentence-transformers training (both with GradCache, both without)", "",
              f"Model `{base.model.path}` with LoRA r={base.method.r}, alpha={base.method.alpha} on the same modules "
              f"and the same initial adapter; batch {p.batch_size} text triplets (1 hard negative), scale "
@@ -287,9 +294,13 @@ def part_b(cfg: DictConfig, device: torch.device) -> tuple[dict, list[str]]:
              f"{p.chunk} of the longest items (same peak activation memory, fewer passes); uncached, it fuses them "
              "when padding allows "
              f"(`step.fuse_max_padding={base.step.fuse_max_padding}`). Both pad (`step.pack={base.step.pack}` packs "
-             "on CUDA only: part (e)).", "", *tables,
-             f"Smallest median ratio over the shapes: cached **{result['cached_ratio']:.3f}**, uncached "
-             f"**{result['uncached_ratio']:.3f}** (goal {result['goal']}).", ""]
+             "on CUDA only: part (e)). With `peers.share_prefix`, each pair is run again with lco's "
+             "`step.share_prefix=true` (the chat template's opening computed once per pass or chunk: "
+             "`lco/step/prefix.py`; ST computes it for every item).", "", *tables,
+             "Smallest median ratio over the shapes: " + ", ".join(
+                 f"{name.replace('_prefix', ', shared prefix')} **{result[f'{name}_ratio']:.3f}**"
+                 for name in ("cached", "uncached", "cached_prefix", "uncached_prefix") if f"{name}_ratio" in result)
+             + f" (goal {result['goal']}).", ""]
     return result, lines
 
 

@@ -23,6 +23,7 @@ from lco.preprocess import Preprocessor
 from lco.prompts import Prompter
 from lco.step.pack import PACK_KEYS
 from lco.step.pack_media import media_inputs
+from lco.step.prefix import prefixed_forward
 
 
 class Embedder(nn.Module):
@@ -51,17 +52,21 @@ class Embedder(nn.Module):
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """A processor batch, or a packed one (``lco/step/pack.py``: items end to end, no ``attention_mask``,
-        ``item_ids`` and ``last_index`` for pooling; a media pass: ``lco/step/pack_media.py``) -> float32 [N, D],
-        one row per item."""
-        if "pack_index" in inputs:  # a packed media pass: positions and tokens gathered on the device
-            model_inputs = media_inputs(self.headless, inputs, self.pad_token_id)
+        ``item_ids`` and ``last_index`` for pooling; a media pass: ``lco/step/pack_media.py``; rows behind a shared
+        ``prefix_ids``: ``lco/step/prefix.py``) -> float32 [N, D], one row per item."""
+        prefix = None
+        if "prefix_ids" in inputs:  # rows behind a prefix computed once for the pass
+            hidden, prefix = prefixed_forward(self.headless, inputs)
         else:
-            model_inputs = {k: v for k, v in inputs.items() if k not in PACK_KEYS}
-        out = self.headless(**model_inputs, use_cache=False, return_dict=True)
+            if "pack_index" in inputs:  # a packed media pass: positions and tokens gathered on the device
+                model_inputs = media_inputs(self.headless, inputs, self.pad_token_id)
+            else:
+                model_inputs = {k: v for k, v in inputs.items() if k not in PACK_KEYS}
+            hidden = self.headless(**model_inputs, use_cache=False, return_dict=True).last_hidden_state
         if "last_index" in inputs:
-            pooled = pool_packed(out.last_hidden_state, inputs["item_ids"], inputs["last_index"], self.pooling)
+            pooled = pool_packed(hidden, inputs["item_ids"], inputs["last_index"], self.pooling, prefix)
         else:
-            pooled = pool(out.last_hidden_state, inputs["attention_mask"], self.pooling)
+            pooled = pool(hidden, inputs["attention_mask"], self.pooling, prefix)
         vectors = self.head(pooled)
         return F.normalize(vectors, dim=-1) if self.normalize else vectors
 

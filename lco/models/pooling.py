@@ -19,8 +19,10 @@ def last_token(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tens
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
 
-def mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def mean(hidden: torch.Tensor, attention_mask: torch.Tensor, prefix: torch.Tensor | None = None) -> torch.Tensor:
     mask = attention_mask.to(hidden.dtype).unsqueeze(-1)
+    if prefix is not None:  # states of a prefix every row shares, counted in each row's mean
+        return ((hidden * mask).sum(1) + prefix.sum(0)) / (mask.sum(1) + prefix.shape[0])
     return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
 
 
@@ -28,9 +30,10 @@ POOLERS = {"last": last_token, "mean": mean}
 
 
 def pool_packed(hidden: torch.Tensor, item_ids: torch.Tensor, last_index: torch.Tensor,
-                how: str = "last") -> torch.Tensor:
+                how: str = "last", prefix: torch.Tensor | None = None) -> torch.Tensor:
     """Pooling of a packed pass (``lco/step/pack.py``): ``hidden`` [R, W, D], ``item_ids`` [R, W] (-1: padding),
-    ``last_index`` [N] (flat index of each item's last token) -> float32 [N, D], item order."""
+    ``last_index`` [N] (flat index of each item's last token) -> float32 [N, D], item order. ``prefix`` [P, D]:
+    the states of a prefix every item shares (``lco/step/prefix.py``), counted in each item's mean."""
     if how not in POOLERS:
         raise ConfigError(f"embed.pooling={how!r} is unknown; choose one of {sorted(POOLERS)}")
     flat = hidden.flatten(0, 1)
@@ -39,10 +42,17 @@ def pool_packed(hidden: torch.Tensor, item_ids: torch.Tensor, last_index: torch.
     n = last_index.shape[0]
     index = item_ids.flatten().masked_fill(item_ids.flatten() < 0, n)  # padding into an extra bin, dropped
     sums = flat.new_zeros((n + 1, flat.shape[1]), dtype=torch.float32).index_add_(0, index, flat.float())
-    return sums[:n] / torch.bincount(index, minlength=n + 1)[:n, None]
+    counts = torch.bincount(index, minlength=n + 1)[:n, None]
+    if prefix is not None:
+        return (sums[:n] + prefix.float().sum(dim=0)) / (counts + prefix.shape[0])
+    return sums[:n] / counts
 
 
-def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str = "last") -> torch.Tensor:
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str = "last",
+         prefix: torch.Tensor | None = None) -> torch.Tensor:
+    """``prefix`` [P, D]: the states of a prefix every row shares (``lco/step/prefix.py``), in each row's mean."""
     if how not in POOLERS:
         raise ConfigError(f"embed.pooling={how!r} is unknown; choose one of {sorted(POOLERS)}")
+    if how == "mean":
+        return mean(hidden, attention_mask, prefix).float()
     return POOLERS[how](hidden, attention_mask).float()

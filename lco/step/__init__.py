@@ -4,14 +4,17 @@
 Lightning) and by the bench's hand-written loop (``lco/bench/loop.py``), so both run the same computation:
 
 - ``plan(batch, pad_id, token_ids, position_rows)``: a ``TripletCollator`` batch (CPU tensors) -> ``{"passes":
-  [...], "sides": n, "rows": B, "modality", "tokens": {"real", "computed"}}``. Each pass is ``{"inputs", "sides":
-  [side index...], "sizes", "chunks": [...] or None, "restore", "packed"}`` over the sides anchor, positive,
+  [...], "sides": n, "rows": B, "modality", "tokens": {"real", "computed", "shared"}}``. Each pass is ``{"inputs",
+  "sides": [side index...], "sizes", "chunks": [...] or None, "restore", "packed", "prefix"}`` over the sides anchor, positive,
   negative. Text-only sides share one pass when padding allows (``fuse_max_padding``); with ``pack`` a text-only
   pass is packed without padding (``pack.py``, its items re-ordered to fill rows evenly), a pass with media too,
   its items in order (``pack_media.py``); with GradCache every pass is cut into chunks (``plan.py``,
   ``pack.chunk_rows``), and a padded text-only pass is first sorted by length so its chunks can be filled
-  (``restore`` undoes either re-ordering). ``tokens`` counts the batch's real tokens and the tokens its passes
-  compute (padding included). Python ints only: the step on the device never waits on the host.
+  (``restore`` undoes either re-ordering). With ``share_prefix`` the tokens every item of a text-only pass begins
+  with (the chat template's system turn and user header) are computed once per pass or chunk (``prefix.py``;
+  ``prefix``: how many). ``tokens`` counts the batch's real tokens, the tokens its passes compute (padding
+  included) and the real tokens a shared prefix spared. Python ints only: the step on the device never waits on
+  the host.
 - ``embed(embedder, planned)`` -> (anchor [B, D], positive [B, D], negative [B*K, D] or None): plain forward
   passes, or ``cached_embed`` (``gradcache.py``) for chunked ones.
 - ``loss(embedder, loss_fn, planned)`` -> the scalar loss.
@@ -26,7 +29,9 @@ from lco.step.gradcache import cached_embed
 from lco.step.pack import chunk_rows, pack
 from lco.step.pack_media import LAYOUT_KEYS, pack_media
 from lco.step.plan import TEXT_ONLY, fuse, plan_chunks, sort_by_length
+from lco.step.prefix import common_prefix, drop_prefix, positions_after
 
+MIN_PREFIX = 2  # shorter common prefixes are not worth the extra forward call
 # strategies whose sharded parameters GradCache's re-forward inside backward has not been tested with
 SHARDED = ("FSDP", "DeepSpeed")
 
@@ -42,10 +47,12 @@ class Step:
     ``cache_chunk`` embeds this many items at a time (text chunks of shorter items hold more, up to the padded
     tokens of ``cache_chunk`` of the longest: ``plan.row_ranges``), or ``cache_tokens`` this many computed tokens
     at a time, and re-computes them chunk by chunk in backward, so activation memory is that of one chunk
-    whatever the batch. ``None`` for both: no caching."""
+    whatever the batch. ``None`` for both: no caching. ``share_prefix``: a text-only pass computes the tokens all
+    its items begin with once (``prefix.py``; needs sdpa/eager attention and no activation checkpointing)."""
 
     def __init__(self, fuse_max_padding: float | None = 1.25, cache_chunk: int | None = None,
-                 cache_tokens: int | None = None, pack: bool | str = "auto", pack_tokens: int = 512):
+                 cache_tokens: int | None = None, pack: bool | str = "auto", pack_tokens: int = 512,
+                 share_prefix: bool = False):
         for key, value, what in (("cache_chunk", cache_chunk, "GradCache items per chunk"),
                                  ("cache_tokens", cache_tokens, "GradCache tokens per chunk"),
                                  ("pack_tokens", pack_tokens, "tokens per packed row")):
@@ -58,6 +65,9 @@ class Step:
                               "GradCache chunks are counted in items or in tokens, not both. Set one to null.")
         if pack not in (True, False, "auto"):
             raise ConfigError(f"step.pack={pack!r} is not valid: use true, false or auto (packs on CUDA).")
+        if share_prefix not in (True, False):
+            raise ConfigError(f"step.share_prefix={share_prefix!r} is not valid: use true or false.")
+        self.share_prefix = share_prefix
         self.fuse_max_padding, self.cache_chunk, self.cache_tokens = fuse_max_padding, cache_chunk, cache_tokens
         self.pack, self.pack_tokens = pack, pack_tokens
         self.packs = pack is True  # resolved for ``auto`` by ``setup``
@@ -91,14 +101,20 @@ class Step:
             return batch
         sides = [batch["anchor"], batch["positive"]] + ([batch["negative"]] if batch["negative"] is not None else [])
         join_all = (self.caches or self.packs) and self.fuse_max_padding is not None
-        passes, real, computed = [], 0, 0
+        passes, real, computed, shared = [], 0, 0, 0
         for inputs, members in fuse(sides, pad_id, float("inf") if join_all else self.fuse_max_padding):
             lengths = inputs["attention_mask"].sum(dim=1).tolist()
             text, restore = set(inputs) <= TEXT_ONLY, None
             budget = self.cache_tokens or (self.cache_chunk and self.cache_chunk * max(lengths))
             width = min(self.pack_tokens, budget or self.pack_tokens)  # of a packed row
+            prefix = common_prefix(inputs) if self.share_prefix and text else 0
+            prefix = prefix if prefix >= MIN_PREFIX else 0
+            if prefix:  # the rest of each item, positions after the prefix; padded, or packed below
+                inputs, prefix_ids = drop_prefix(inputs, prefix)
             if self.packs and text:
                 inputs, spans, restore = pack(inputs, width, pad_id, position_rows)
+                if prefix:
+                    inputs["position_ids"] += prefix
                 chunks = chunk_rows(spans, inputs["input_ids"].shape[1], budget) if budget else None
                 cost = inputs["input_ids"].numel()
             elif self.packs:  # media, in order: the layout here, rotary positions at embed time
@@ -110,19 +126,28 @@ class Step:
                     chunks = [{**c, "media": r["media"]} for c, r in zip(chunks, ranges)]
                 cost = inputs["pack_index"].numel()
             else:
+                if prefix:
+                    inputs["position_ids"] = positions_after(inputs["attention_mask"], prefix, position_rows)
                 if self.caches and text:  # sorted by length, chunks carry little padding and can be
                     inputs, restore = sort_by_length(inputs)  # filled with more short rows (plan_chunks' fill)
+                # behind a shared prefix, chunks hold as many rows as the padded tokens of cache_chunk of the
+                # longest whole items (the footprint without sharing): the prefix's saving buys fewer passes
                 chunks = None if not self.caches else plan_chunks(
-                    inputs, self.cache_chunk, token_ids, fill=restore is not None, budget=self.cache_tokens)
+                    inputs, self.cache_chunk, token_ids, fill=restore is not None,
+                    budget=budget if prefix else self.cache_tokens)
                 padded_width = inputs["input_ids"].shape[1]
                 cost = (sum((c["rows"][1] - c["rows"][0]) * (padded_width - c["first_col"]) for c in chunks)
                         if chunks else len(lengths) * padded_width)
+            if prefix:  # computed once per pass, or once per GradCache chunk
+                inputs["prefix_ids"] = prefix_ids
+                heads = len(chunks) if chunks else 1
+                cost, shared = cost + heads * prefix, shared + (len(lengths) - heads) * prefix
             real, computed = real + sum(lengths), computed + cost
             passes.append({"inputs": inputs, "sides": members, "chunks": chunks, "restore": restore,
-                           "packed": "last_index" in inputs,
+                           "packed": "last_index" in inputs, "prefix": prefix,
                            "sizes": [sides[i]["input_ids"].shape[0] for i in members]})
         return {"passes": passes, "sides": len(sides), "rows": batch["anchor"]["input_ids"].shape[0],
-                "modality": batch["modality"], "tokens": {"real": real, "computed": computed}}
+                "modality": batch["modality"], "tokens": {"real": real, "computed": computed, "shared": shared}}
 
     @staticmethod
     def embed(embedder, planned: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -146,4 +171,4 @@ class Step:
 
     def __repr__(self) -> str:
         return (f"Step(fuse_max_padding={self.fuse_max_padding}, cache_chunk={self.cache_chunk}, cache_tokens="
-                f"{self.cache_tokens}, pack={self.pack}, pack_tokens={self.pack_tokens})")
+                f"{self.cache_tokens}, pack={self.pack}, pack_tokens={self.pack_tokens}, share_prefix={self.share_prefix})")

@@ -22,7 +22,7 @@ import torch
 from lco.errors import BatchLayoutError
 from lco.step.pack import take_rows
 
-ROW_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
+ROW_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "position_ids")  # [..., N, T]: positions 1 or 4 rows
 # media kind -> (its grid key, {key: rows per item of that kind}) where "grid" means prod(grid_thw) patch rows
 # per item and "one" one row per item.
 MEDIA = {
@@ -86,7 +86,7 @@ def sort_by_length(batch: dict) -> tuple[dict, torch.Tensor]:
     ``embeddings_of_sorted[restore]`` is in the original row order. Chunks of the sorted batch carry little
     padding (``plan_chunks`` drops each chunk's all-padding columns)."""
     order = torch.argsort(batch["attention_mask"].sum(dim=1), descending=True, stable=True)
-    return {key: value[order] for key, value in batch.items()}, torch.argsort(order)
+    return {key: value[..., order, :] for key, value in batch.items()}, torch.argsort(order)
 
 
 def _media_counts(batch: dict, token_ids: dict[str, int | None]) -> dict[str, list[int]]:
@@ -185,7 +185,9 @@ def take(batch: dict, chunk: dict) -> dict:
     if "packed" in chunk:
         return take_rows(batch, chunk)
     start, end = chunk["rows"]
-    out = {key: batch[key][start:end, chunk["first_col"]:] for key in ROW_KEYS if key in batch}
+    out = {key: batch[key][..., start:end, chunk["first_col"]:] for key in ROW_KEYS if key in batch}
+    if "prefix_ids" in batch:  # the pass's shared prefix (prefix.py), the same for every chunk
+        out["prefix_ids"] = batch["prefix_ids"]
     for key, (a, b) in chunk["media"].items():
         if b > a:
             out[key] = batch[key][a:b]
