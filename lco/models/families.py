@@ -31,6 +31,10 @@ FAMILIES: dict[str, Family] = {
                        ("text", "image", "video"), "Qwen2VLProcessor", mrope=True),
     "qwen2_5_vl": Family("qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration", "model.language_model",
                          ("model.visual",), ("text", "image", "video"), "Qwen2_5_VLProcessor", mrope=True),
+    # Qwen3-VL (dense): text and images; its video prompts carry per-frame timestamps that lco's planning of
+    # media passes does not lay out yet, so video data is refused for it (check_modalities)
+    "qwen3_vl": Family("qwen3_vl", "Qwen3VLForConditionalGeneration", "model.language_model", ("model.visual",),
+                       ("text", "image"), "Qwen3VLProcessor", mrope=True),
     "qwen2_5_omni": Family("qwen2_5_omni", "Qwen2_5OmniThinkerForConditionalGeneration", "model.language_model",
                            ("model.visual", "model.audio_tower"), ("text", "image", "video", "audio"),
                            "Qwen2_5OmniProcessor", "WhisperFeatureExtractor", config_key="thinker_config",

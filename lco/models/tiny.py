@@ -43,6 +43,18 @@ TINY_SPECS: dict[str, tuple[str, str, dict]] = {
         "audio": dict(encoder_layers=2, d_model=32, encoder_attention_heads=2, encoder_ffn_dim=64, output_dim=128,
                       num_mel_bins=128, max_source_positions=1500, n_window=100),
     }),
+    # Qwen3-VL: q/k norms, head_dim set apart from the width, interleaved multimodal rotary, 16-pixel patches, a
+    # learned position grid and deepstack (vision block 0's features added to decoder layer 0)
+    "tiny_qwen3_vl": ("qwen3_vl", "qwen3", {
+        "text": dict(vocab_size=151936, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                     num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=4096,
+                     rms_norm_eps=1e-6, pad_token_id=151643,
+                     rope_parameters={"rope_type": "default", "rope_theta": 5e6, "mrope_section": [2, 3, 3],
+                                      "mrope_interleaved": True}),
+        "vision": dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                       patch_size=16, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=256,
+                       deepstack_visual_indexes=[0]),
+    }),
     "tiny_omni": ("qwen2_5_omni", "omni", {
         "text": {**_TEXT, "rope_parameters": _MROPE},
         "vision": _VISION,
@@ -56,13 +68,19 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 PRETRAINED: dict[str, tuple[str, str]] = {"toy_omni_pretrained": ("toy_omni", "toy_omni_pretrained.safetensors")}
 
 
+_QWEN25_SYSTEM = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+
+
 def _chat_template(flavour: str) -> str:
+    """The flavour's chat template: Qwen2.5's (a default system turn) or Qwen3's (none), its media tokens."""
+    vl = {"VISION_BOS": "<|vision_start|>", "VISION_EOS": "<|vision_end|>", "IMAGE": "<|image_pad|>",
+          "VIDEO": "<|video_pad|>", "AUDIO_BOS": "", "AUDIO": "", "AUDIO_EOS": ""}
     tokens = {
-        "vl": {"VISION_BOS": "<|vision_start|>", "VISION_EOS": "<|vision_end|>", "IMAGE": "<|image_pad|>",
-               "VIDEO": "<|video_pad|>", "AUDIO_BOS": "", "AUDIO": "", "AUDIO_EOS": ""},
+        "vl": {**vl, "DEFAULT_SYSTEM": _QWEN25_SYSTEM},
         "omni": {"VISION_BOS": "<|vision_bos|>", "VISION_EOS": "<|vision_eos|>", "IMAGE": "<|IMAGE|>",
                  "VIDEO": "<|VIDEO|>", "AUDIO_BOS": "<|audio_bos|>", "AUDIO": "<|AUDIO|>",
-                 "AUDIO_EOS": "<|audio_eos|>"},
+                 "AUDIO_EOS": "<|audio_eos|>", "DEFAULT_SYSTEM": _QWEN25_SYSTEM},
+        "qwen3": {**vl, "DEFAULT_SYSTEM": ""},
     }[flavour]
     text = (Path(__file__).parent / "chat_template.jinja").read_text()
     for key, value in tokens.items():
@@ -81,6 +99,9 @@ def build_config(name: str):
         return transformers.Qwen2_5_VLConfig(text_config=spec["text"], vision_config=spec["vision"],
                                              image_token_id=151655, video_token_id=151656,
                                              vision_start_token_id=151652, tie_word_embeddings=True)
+    if family == "qwen3_vl":
+        return transformers.Qwen3VLConfig(text_config=spec["text"], vision_config=spec["vision"],
+                                          tie_word_embeddings=True)
     return transformers.Qwen2_5OmniThinkerConfig(text_config=spec["text"], vision_config=spec["vision"],
                                                  audio_config=spec["audio"], vision_start_token_id=151652)
 
@@ -100,6 +121,9 @@ def build_processor(name: str):
         return assemble_processor("tokenizer", tokenizer, chat_template=_chat_template(flavour))
     # Small pixel budget: a 112x112 image becomes 16 patches -> 4 merged tokens.
     image_processor = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=224 * 224)
+    if flavour == "qwen3":  # Qwen3-VL's image processor: 16-pixel patches, mean and std 0.5
+        image_processor = Qwen2VLImageProcessorPil(min_pixels=64 * 64, max_pixels=256 * 256, patch_size=16,
+                                                   image_mean=[0.5] * 3, image_std=[0.5] * 3)
     feature_extractor = WhisperFeatureExtractor(feature_size=128) if family.feature_extractor_class else None
     video_processor = FramesVideoProcessor(min_pixels=56 * 56, max_pixels=112 * 112)
     return assemble_processor(family.processor_class, tokenizer, image_processor, feature_extractor,

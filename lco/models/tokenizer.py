@@ -32,6 +32,7 @@ SPECIAL_TOKENS = {
                             "<|quad_end|>", "<|vision_bos|>", "<|vision_eos|>", "<|vision_pad|>",
                             "<|IMAGE|>", "<|VIDEO|>"] + _TAIL,
 }
+SPECIAL_TOKENS["qwen3"] = SPECIAL_TOKENS["vl"] + ["<tool_response>", "</tool_response>", "<think>", "</think>"]
 # Named multimodal tokens the VL/Omni processors read off the tokenizer (``tokenizer.image_token`` ...).
 NAMED_TOKENS = {
     "vl": {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>",
@@ -40,6 +41,7 @@ NAMED_TOKENS = {
              "vision_bos_token": "<|vision_bos|>", "vision_eos_token": "<|vision_eos|>",
              "audio_bos_token": "<|audio_bos|>", "audio_eos_token": "<|audio_eos|>"},
 }
+NAMED_TOKENS["qwen3"] = NAMED_TOKENS["vl"]
 
 
 def qwen_tiktoken_file() -> str:
@@ -50,7 +52,8 @@ def qwen_tiktoken_file() -> str:
 
 
 def build_qwen_tokenizer(flavour: str = "vl") -> Qwen2TokenizerFast:
-    """Build the Qwen2.5 tokenizer (``flavour`` ``"vl"`` or ``"omni"`` special tokens); ~4 s on one core.
+    """Build the Qwen2.5 tokenizer (``flavour`` ``"vl"`` or ``"omni"`` special tokens; ``"qwen3"``: Qwen3's, the
+    ``vl`` ones plus ``<tool_response>``, ``</tool_response>``, ``<think>``, ``</think>``); ~4 s on one core.
 
     Returns a left-padding ``Qwen2TokenizerFast`` with pad ``<|endoftext|>`` and eos ``<|im_end|>``.
     """
