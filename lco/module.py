@@ -22,7 +22,7 @@ from lco.guard import NonFiniteGuard, check_finite_weights
 from lco.losses import InfoNCE
 from lco.methods.base import Method, count_parameters
 from lco.models.embedder import Embedder
-from lco.step import Step
+from lco.step import Step, real_fraction
 
 
 def checkpointing(setting: str | bool, cuda: bool, caches: bool, shares_prefix: bool = False) -> bool:
@@ -112,8 +112,7 @@ class ContrastiveModule(pl.LightningModule):
             return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["rows"])
         tokens = batch["tokens"]  # Python ints from the plan: logging them costs no device sync
-        self.log("train/real_token_fraction", (tokens["real"] - tokens["shared"]) / tokens["computed"],
-                 batch_size=batch["rows"])
+        self.log("train/real_token_fraction", real_fraction(tokens), batch_size=batch["rows"])
         if self.step.share_prefix:
             self.log("train/shared_prefix_fraction", tokens["shared"] / tokens["real"], batch_size=batch["rows"])
         if self.loss_fn.log_scale.requires_grad:  # a fixed temperature is in config.yaml; logging costs ~1 ms

@@ -162,13 +162,15 @@ def scenario(cfg: DictConfig, device: torch.device, batch_size: int, chunk: int 
     prefix) setting."""
     from pytorch_lightning.utilities import move_data_to_device
 
+    from lco.step import real_fraction
+
     gc.collect()  # the previous scenario's model (reference cycles) must be gone before memory is measured
     if device.type == "cuda":
         torch.cuda.empty_cache()
     module = _module(cfg, device, chunk, pack, share_prefix)
     optimizer = module.configure_optimizers()
     generator = torch.Generator().manual_seed(cfg.seed)
-    times, losses, flops, real, computed, shared = [], [], [], [], [], []
+    times, losses, flops, tokens = [], [], [], []
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     text_config = module.embedder.model.config.get_text_config()
@@ -189,9 +191,7 @@ def scenario(cfg: DictConfig, device: torch.device, batch_size: int, chunk: int 
         times.append(time.perf_counter() - start)
         losses.append(float(loss.detach()))
         flops.append(real_flops(text_config, lengths))
-        real.append(planned["tokens"]["real"])
-        computed.append(planned["tokens"]["computed"])
-        shared.append(planned["tokens"]["shared"])
+        tokens.append(planned["tokens"])
     timed = slice(cfg.warmup, None)
     step, seconds = statistics.median(times[timed]), sum(times[timed])
     peak = _peak_tflops(cfg, device)
@@ -199,10 +199,10 @@ def scenario(cfg: DictConfig, device: torch.device, batch_size: int, chunk: int 
     params = sum(p.numel() for p in module.parameters())
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
     triplets_per_s = batch_size * len(times[timed]) / seconds
-    return {"batch": batch_size, "chunk": chunk, "packed": pack, "shared_prefix": share_prefix, "step_s": step, "triplets_per_s": triplets_per_s,
-            "real_tokens_per_s": sum(real[timed]) / seconds,
-            "real_fraction": (sum(real[timed]) - sum(shared[timed])) / sum(computed[timed]),
-            "model_tflops_per_s": tflops,
+    counts = {key: sum(t[key] for t in tokens[timed]) for key in tokens[0]}
+    return {"batch": batch_size, "chunk": chunk, "packed": pack, "shared_prefix": share_prefix, "step_s": step,
+            "triplets_per_s": triplets_per_s, "real_tokens_per_s": counts["real"] / seconds,
+            "real_fraction": real_fraction(counts), "model_tflops_per_s": tflops,
             "mfu": tflops / peak if peak else None, "paper_gpu_hours": cfg.paper_triplets / triplets_per_s / 3600,
             "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
             "losses": losses, "parameters": params, "trainable": trainable,
@@ -252,8 +252,8 @@ def _report(cfg: DictConfig, result: dict) -> list[str]:
              f"{rows[0]['parameters']:,} parameters{packed}, {rows[0]['trainable']:,} trainable. "
              f"Command: `python -m lco.bench.gpu {' '.join(_overrides(cfg))}`. MFU counts real (unpadded) tokens "
              f"only; GPU-hours: the paper's text run ({cfg.paper_triplets:,} triplets) at this rate on one device.",
-             "", "| triplets per step | GradCache chunk | packed | shared prefix | s/step | triplets/s | real tokens/s | "
-             "real / computed | model TFLOP/s | MFU | peak GiB | paper GPU-h |", "|---" * 12 + "|"]
+             "", "| triplets per step | GradCache chunk | packed | shared prefix | s/step | triplets/s | real "
+             "tokens/s | real / computed | model TFLOP/s | MFU | peak GiB | paper GPU-h |", "|---" * 12 + "|"]
     for r in rows:
         mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
         mem = f"{r['peak_memory_gib']:.1f}" if r["peak_memory_gib"] is not None else "n/a"

@@ -43,6 +43,13 @@ from lco.models.backbone import resolve_path
 from lco.optim import effective_warmup
 
 SIDES = ("anchor", "positive", "negative")
+# part (b)'s pairs: with GradCache (cache_chunk = ST's mini-batch) or without, and (peers.share_prefix) the same
+# two with lco's step.share_prefix=true
+PAIRS = ("cached", "uncached", "cached_prefix", "uncached_prefix")
+
+
+def _label(pair: str) -> str:
+    return pair.replace("_prefix", ", shared prefix")
 
 
 def peer_cfg(cfg: DictConfig, cache_chunk: int | None = None, shape: str | None = None,
@@ -229,10 +236,13 @@ def _training(cfg: DictConfig, device: torch.device, shape: str) -> tuple[dict, 
     """Part (b) on one data shape (``peers.sources[shape]``): its results and its table."""
     p = cfg.peers
     base = peer_cfg(cfg, shape=shape)
-    pairs = [("cached", peer_cfg(cfg, p.chunk, shape), p.chunk), ("uncached", base, None)]
-    if p.share_prefix:  # the same two pairs, lco computing each pass's chat-template prefix once
-        pairs += [("cached_prefix", peer_cfg(cfg, p.chunk, shape, True), p.chunk),
-                  ("uncached_prefix", peer_cfg(cfg, shape=shape, share_prefix=True), None)]
+    pairs = []
+    for name in PAIRS:
+        shared = name.endswith("_prefix")
+        if shared and not p.share_prefix:
+            continue
+        chunk = p.chunk if name.startswith("cached") else None
+        pairs.append((name, peer_cfg(cfg, chunk, shape, shared), chunk))
     records = load_records(base)
     start, method, columns, scale = lco_start(base, records)
     rounds = []
@@ -254,15 +264,15 @@ def _training(cfg: DictConfig, device: torch.device, shape: str) -> tuple[dict, 
     for who in ("st", "lco"):
         for name in names:
             result[f"{who}_{name}_triplets_per_s"] = p.batch_size / result[f"{who}_{name}_s_median"]
-    label = {name: name.replace("_prefix", ", shared prefix") for name in names}
     lines = [f"### {shape}: `{result['source']}`", "",
-             "| round | " + " | ".join(f"ST {label[n]} s/step | lco {label[n]} s/step | {label[n]}: lco / ST "
-                                      "triplets/s (per-step)" for n in names) + " |", "|---" * (1 + 3 * len(names)) + "|"]
+             "| round | " + " | ".join(f"ST {_label(n)} s/step | lco {_label(n)} s/step | {_label(n)}: lco / ST "
+                                      "triplets/s (per-step)" for n in names) + " |",
+             "|---" * (1 + 3 * len(names)) + "|"]
     lines += [f"| {i} | " + " | ".join(f"{r[f'st_{n}_s']:.4f} | {r[f'lco_{n}_s']:.4f} | {r[f'{n}_ratio']:.3f} "
                                        f"({r[f'{n}_pair_ratio']:.3f})" for n in names) + " |"
               for i, r in enumerate(rounds)]
     lines += ["", "Median ratio (triplets/s lco / ST): " + "; ".join(
-        f"{label[n]} **{result[f'{n}_ratio_median']:.3f}** (ST {result[f'st_{n}_triplets_per_s']:.1f}, lco "
+        f"{_label(n)} **{result[f'{n}_ratio_median']:.3f}** (ST {result[f'st_{n}_triplets_per_s']:.1f}, lco "
         f"{result[f'lco_{n}_triplets_per_s']:.1f} triplets/s)" for n in names)
         + f". lco prepared the chat prompts in {1000 * result['lco_prompt_s_per_batch']:.1f} ms per batch.", ""]
     return result, lines
@@ -279,8 +289,7 @@ def part_b(cfg: DictConfig, device: torch.device) -> tuple[dict, list[str]]:
               "model": base.model.path, "batch_size": p.batch_size, "steps": p.steps, "warmup": p.warmup,
               "chunk": p.chunk, "shapes": shapes, "goal": ">= 1.2 on every data shape",
               **{f"{name}_ratio": min(r[f"{name}_ratio_median"] for r in shapes.values())
-                 for name in ("cached", "uncached", "cached_prefix", "uncached_prefix")
-                 if f"{name}_ratio_median" in next(iter(shapes.values()))}}
+                 for name in PAIRS if f"{name}_ratio_median" in next(iter(shapes.values()))}}
     lines = ["## (b) lco vs sentence-transformers training (both with GradCache, both without)", "",
              f"Model `{base.model.path}` with LoRA r={base.method.r}, alpha={base.method.alpha} on the same modules "
              f"and the same initial adapter; batch {p.batch_size} text triplets (1 hard negative), scale "
@@ -298,8 +307,7 @@ def part_b(cfg: DictConfig, device: torch.device) -> tuple[dict, list[str]]:
              "`step.share_prefix=true` (the chat template's opening computed once per pass or chunk: "
              "`lco/step/prefix.py`; ST computes it for every item).", "", *tables,
              "Smallest median ratio over the shapes: " + ", ".join(
-                 f"{name.replace('_prefix', ', shared prefix')} **{result[f'{name}_ratio']:.3f}**"
-                 for name in ("cached", "uncached", "cached_prefix", "uncached_prefix") if f"{name}_ratio" in result)
+                 f"{_label(name)} **{result[f'{name}_ratio']:.3f}**" for name in PAIRS if f"{name}_ratio" in result)
              + f" (goal {result['goal']}).", ""]
     return result, lines
 

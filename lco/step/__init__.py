@@ -5,16 +5,16 @@ Lightning) and by the bench's hand-written loop (``lco/bench/loop.py``), so both
 
 - ``plan(batch, pad_id, token_ids, position_rows)``: a ``TripletCollator`` batch (CPU tensors) -> ``{"passes":
   [...], "sides": n, "rows": B, "modality", "tokens": {"real", "computed", "shared"}}``. Each pass is ``{"inputs",
-  "sides": [side index...], "sizes", "chunks": [...] or None, "restore", "packed", "prefix"}`` over the sides anchor, positive,
-  negative. Text-only sides share one pass when padding allows (``fuse_max_padding``); with ``pack`` a text-only
-  pass is packed without padding (``pack.py``, its items re-ordered to fill rows evenly), a pass with media too,
-  its items in order (``pack_media.py``); with GradCache every pass is cut into chunks (``plan.py``,
-  ``pack.chunk_rows``), and a padded text-only pass is first sorted by length so its chunks can be filled
+  "sides": [side index...], "sizes", "chunks": [...] or None, "restore", "packed", "prefix"}`` over the sides
+  anchor, positive, negative. Text-only sides share one pass when padding allows (``fuse_max_padding``); with
+  ``pack`` a text-only pass is packed without padding (``pack.py``, its items re-ordered to fill rows evenly), a
+  pass with media too, its items in order (``pack_media.py``); with GradCache every pass is cut into chunks
+  (``plan.py``, ``pack.chunk_rows``), and a padded text-only pass is first sorted by length so its chunks can be filled
   (``restore`` undoes either re-ordering). With ``share_prefix`` the tokens every item of a text-only pass begins
   with (the chat template's system turn and user header) are computed once per pass or chunk (``prefix.py``;
   ``prefix``: how many). ``tokens`` counts the batch's real tokens, the tokens its passes compute (padding
-  included) and the real tokens a shared prefix spared. Python ints only: the step on the device never waits on
-  the host.
+  included) and the real tokens a shared prefix spared (``real_fraction``: the share of computed tokens that are
+  not padding). Python ints only: the step on the device never waits on the host.
 - ``embed(embedder, planned)`` -> (anchor [B, D], positive [B, D], negative [B*K, D] or None): plain forward
   passes, or ``cached_embed`` (``gradcache.py``) for chunked ones.
 - ``loss(embedder, loss_fn, planned)`` -> the scalar loss.
@@ -34,6 +34,12 @@ from lco.step.prefix import common_prefix, drop_prefix, positions_after
 MIN_PREFIX = 2  # shorter common prefixes are not worth the extra forward call
 # strategies whose sharded parameters GradCache's re-forward inside backward has not been tested with
 SHARDED = ("FSDP", "DeepSpeed")
+
+
+def real_fraction(tokens: dict) -> float:
+    """The share of a plan's computed tokens (``tokens``: its ``"tokens"``, or their sums) that are items' own,
+    not padding (a shared prefix's spared tokens are not counted as computed, nor as real)."""
+    return (tokens["real"] - tokens["shared"]) / tokens["computed"]
 
 
 class Step:
@@ -171,4 +177,5 @@ class Step:
 
     def __repr__(self) -> str:
         return (f"Step(fuse_max_padding={self.fuse_max_padding}, cache_chunk={self.cache_chunk}, cache_tokens="
-                f"{self.cache_tokens}, pack={self.pack}, pack_tokens={self.pack_tokens}, share_prefix={self.share_prefix})")
+                f"{self.cache_tokens}, pack={self.pack}, pack_tokens={self.pack_tokens}, "
+                f"share_prefix={self.share_prefix})")

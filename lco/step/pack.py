@@ -142,12 +142,10 @@ def chunk_rows(spans: list[tuple[int, int]], width: int, budget: int) -> list[di
 
 def take_rows(batch: dict, chunk: dict, keys=("input_ids", "position_ids", "mm_token_type_ids")) -> dict:
     """A packed chunk's rows of ``keys`` (packed [..., R, W] tensors), its items' pooling indices shifted to the
-    chunk, and the pass's shared ``prefix_ids`` if it has one; no host sync."""
+    chunk; no host sync."""
     (first, end), (r0, r1) = chunk["rows"], chunk["packed"]
     width = batch["item_ids"].shape[1]
     out = {key: batch[key][..., r0:r1, :] for key in keys if key in batch}
-    if "prefix_ids" in batch:
-        out["prefix_ids"] = batch["prefix_ids"]
     out["item_ids"] = (batch["item_ids"][r0:r1] - first).clamp_min(-1)
     out["last_index"] = batch["last_index"][first:end] - r0 * width
     return out

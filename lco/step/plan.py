@@ -22,7 +22,8 @@ import torch
 from lco.errors import BatchLayoutError
 from lco.step.pack import take_rows
 
-ROW_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "position_ids")  # [..., N, T]: positions 1 or 4 rows
+# per-row tensors [..., N, T] (position_ids: 1 row, or 4 for multimodal rotary)
+ROW_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "position_ids")
 # media kind -> (its grid key, {key: rows per item of that kind}) where "grid" means prod(grid_thw) patch rows
 # per item and "one" one row per item.
 MEDIA = {
@@ -179,18 +180,20 @@ def plan_chunks(batch: dict, size: int | None, token_ids: dict[str, int | None] 
 def take(batch: dict, chunk: dict) -> dict:
     """The chunk's rows (leading padding dropped) and media slices; device-agnostic, no host sync. Media kinds
     with no item in the chunk are left out, as the processor leaves them out of a batch without them. A packed
-    chunk (``pack.chunk_rows``) is a range of packed rows (``pack.take_rows``; a media pass: ``take_media_rows``)."""
+    chunk (``pack.chunk_rows``) is a range of packed rows (``pack.take_rows``; a media pass: ``take_media_rows``).
+    A text pass's shared ``prefix_ids`` (``prefix.py``) goes with every chunk."""
     if "pack_index" in batch:
         return take_media_rows(batch, chunk)
     if "packed" in chunk:
-        return take_rows(batch, chunk)
-    start, end = chunk["rows"]
-    out = {key: batch[key][..., start:end, chunk["first_col"]:] for key in ROW_KEYS if key in batch}
-    if "prefix_ids" in batch:  # the pass's shared prefix (prefix.py), the same for every chunk
+        out = take_rows(batch, chunk)
+    else:
+        start, end = chunk["rows"]
+        out = {key: batch[key][..., start:end, chunk["first_col"]:] for key in ROW_KEYS if key in batch}
+        for key, (a, b) in chunk["media"].items():
+            if b > a:
+                out[key] = batch[key][a:b]
+    if "prefix_ids" in batch:
         out["prefix_ids"] = batch["prefix_ids"]
-    for key, (a, b) in chunk["media"].items():
-        if b > a:
-            out[key] = batch[key][a:b]
     return out
 
 

@@ -75,8 +75,9 @@ def attention_mask(item_ids: torch.Tensor, size: int, implementation: str, dtype
     every token sees the prefix and the earlier tokens of its own item (padding sees the prefix only). Boolean
     (True: attend) for sdpa; additive (0 or the dtype's minimum) for eager attention."""
     if implementation not in MASKED_ATTENTION:
-        raise BatchLayoutError(f"step.share_prefix needs attention that takes a 4-D mask ({', '.join(MASKED_ATTENTION)}"
-                               f"), not {implementation}. Set model.attn_implementation=sdpa or step.share_prefix=false.")
+        raise BatchLayoutError(f"step.share_prefix needs attention that takes a 4-D mask ("
+                               f"{', '.join(MASKED_ATTENTION)}), not {implementation}. Set "
+                               "model.attn_implementation=sdpa or step.share_prefix=false.")
     rows, width = item_ids.shape
     causal = torch.ones(width, width, dtype=torch.bool, device=item_ids.device).tril()
     own = (item_ids[:, :, None] == item_ids[:, None, :]) & (item_ids[:, :, None] >= 0) & causal
