@@ -109,8 +109,8 @@ def test_lightning_ddp_cpu_step_equals_single_process_step(tmp_path):
                          ids=["items", "packed-tokens", "packed-tokens-shared-prefix"])
 def test_gradcache_under_ddp_equals_single_process_without_cache(tmp_path, step):
     """GradCache (chunks of 3 items, so chunks straddle sides; or packed rows in chunks of 96 tokens, also behind a
-    shared prefix computed once per chunk) on 2 gloo ranks for 2 steps: each LoRA weight gets the sum over chunks once per backward, DDP averages it, and the
-    weights equal one uncached, padded process.
+    shared prefix computed once per pass) on 2 gloo ranks for 2 steps: each LoRA weight gets the sum over chunks
+    once per backward, DDP averages it, and the weights equal one uncached, padded process.
     Two SGD steps at lr 1 amplify float noise (measured: plain 2-rank DDP differs from one process by 2.5e-5 of
     a tensor's largest entry, GradCache DDP by 3.8e-5), hence the bound of 1e-4 of the largest entry."""
     single = _train_one_step(tmp_path / "one", "cpu", 8, steps=2)

@@ -1,5 +1,5 @@
 """A shared prefix (``lco/step/prefix.py``, ``step.share_prefix``): the tokens every item of a text pass begins with
-(the chat template's system turn and user header) are computed once per pass or GradCache chunk, and the
+(the chat template's system turn and user header) are computed once per pass, GradCache or not, and the
 embeddings, loss and gradients equal the padded path's (fp32, CPU: within 1e-5 relative) on every tiny twin
 family, padded or packed, with GradCache in items or tokens, with mean pooling; the layout and the mask are
 checked entry by entry, and a user's run logs what the prefix spared."""
@@ -12,12 +12,15 @@ import pytest
 import torch
 from torch.nn.functional import normalize
 
+import lco.models.embedder
+import lco.step.prefix
 from lco.errors import BatchLayoutError, ConfigError
 from lco.models.pooling import pool_packed
 from lco.module import checkpointing
 from lco.step import Step
 from lco.step.pack import pack
-from lco.step.prefix import attention_mask, common_prefix, drop_prefix, positions_after, prefixed_forward
+from lco.step.prefix import (attention_mask, common_prefix, drop_prefix, positions_after, prefix_states,
+                             prefixed_forward)
 from tests.test_bad_values import SMALL
 from tests.test_packing import FAMILIES, _embedder, _metrics, _relative, _step_result, _text_records
 
@@ -86,17 +89,30 @@ STEPS = {"padded": dict(pack=False), "packed": dict(pack=True), "items": dict(pa
 
 
 @pytest.mark.parametrize("family,name", FAMILIES)
-def test_loss_and_gradients_with_a_shared_prefix_equal_padded(family, name):
+def test_loss_and_gradients_with_a_shared_prefix_equal_padded(family, name, monkeypatch):
+    """Also: the prefix goes through the decoder once per pass, GradCache chunks or not (once more in the
+    replay, with its graph)."""
     records = _text_records()
     loss, grads, planned = _step_result(family, name, Step(pack=False), records)
     padded = planned["tokens"]
+    calls = []
+
+    def counted(headless, inputs):
+        calls.append(inputs["prefix_ids"].shape)
+        return prefix_states(headless, inputs)
+
+    for module in (lco.step.prefix, lco.models.embedder):
+        monkeypatch.setattr(module, "prefix_states", counted)
     for what, knobs in STEPS.items():
+        calls.clear()
         shared_loss, shared_grads, planned = _step_result(family, name, Step(share_prefix=True, **knobs), records)
         (only,) = planned["passes"]  # 12 triplets' three text sides, one pass
         chunks = len(only["chunks"] or [None])
         assert only["prefix"] == CHAT_PREFIX and only["packed"] == knobs["pack"], what
+        assert (chunks > 2) == ("cache_chunk" in knobs or "cache_tokens" in knobs), what
+        assert calls == [(1, CHAT_PREFIX)] * (1 if chunks == 1 else 2), what
         tokens = planned["tokens"]
-        assert tokens["real"] == padded["real"] and tokens["shared"] == (36 - chunks) * CHAT_PREFIX, what
+        assert tokens["real"] == padded["real"] and tokens["shared"] == 35 * CHAT_PREFIX, what
         assert tokens["computed"] < padded["computed"] - tokens["shared"] / 2, what
         assert abs(float(shared_loss - loss)) <= 1e-5 * abs(float(loss)), what
         assert _relative(shared_grads, grads) <= 1e-5, what

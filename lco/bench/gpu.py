@@ -9,7 +9,7 @@ lco's training step (``ContrastiveModule``'s plan + embed + InfoNCE + backward +
 and Qwen's chat template by lco's ``Preprocessor``; ``lengths=uniform`` gives every item ``seq_len`` random
 tokens (the earlier benchmark). Scenarios, each for every ``pack`` setting (padded, and padding-free packed
 text passes: ``step.pack``) and every ``share_prefix`` setting (``step.share_prefix``: the chat template's opening
-computed once per pass or chunk):
+computed once per pass):
 
 - ``per_device_batch`` triplets without GradCache (the reference: 33 per GPU), and
 - ``global_batch`` triplets on this one device through GradCache, each chunk the padded tokens of one device's

@@ -304,7 +304,7 @@ def part_b(cfg: DictConfig, device: torch.device) -> tuple[dict, list[str]]:
              "when padding allows "
              f"(`step.fuse_max_padding={base.step.fuse_max_padding}`). Both pad (`step.pack={base.step.pack}` packs "
              "on CUDA only: part (e)). With `peers.share_prefix`, each pair is run again with lco's "
-             "`step.share_prefix=true` (the chat template's opening computed once per pass or chunk: "
+             "`step.share_prefix=true` (the chat template's opening computed once per pass: "
              "`lco/step/prefix.py`; ST computes it for every item).", "", *tables,
              "Smallest median ratio over the shapes: " + ", ".join(
                  f"{_label(name)} **{result[f'{name}_ratio']:.3f}**" for name in PAIRS if f"{name}_ratio" in result)

@@ -23,7 +23,7 @@ from lco.preprocess import Preprocessor
 from lco.prompts import Prompter
 from lco.step.pack import PACK_KEYS
 from lco.step.pack_media import media_inputs
-from lco.step.prefix import prefixed_forward
+from lco.step.prefix import prefix_states, prefixed_forward
 
 
 class Embedder(nn.Module):
@@ -50,13 +50,14 @@ class Embedder(nn.Module):
         model = self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
         return model.model
 
-    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward(self, inputs: dict[str, torch.Tensor], prefix: tuple[torch.Tensor, ...] | None = None
+                ) -> torch.Tensor:
         """A processor batch, or a packed one (``lco/step/pack.py``: items end to end, no ``attention_mask``,
         ``item_ids`` and ``last_index`` for pooling; a media pass: ``lco/step/pack_media.py``; rows behind a shared
-        ``prefix_ids``: ``lco/step/prefix.py``) -> float32 [N, D], one row per item."""
-        prefix = None
+        ``prefix_ids``: ``lco/step/prefix.py``, whose ``prefix_states`` may be given) -> float32 [N, D], one row
+        per item."""
         if "prefix_ids" in inputs:  # rows behind a prefix computed once for the pass
-            hidden, prefix = prefixed_forward(self.headless, inputs)
+            hidden, prefix = prefixed_forward(self.headless, inputs, prefix)
         else:
             if "pack_index" in inputs:  # a packed media pass: positions and tokens gathered on the device
                 model_inputs = media_inputs(self.headless, inputs, self.pad_token_id)
@@ -69,6 +70,10 @@ class Embedder(nn.Module):
             pooled = pool(hidden, inputs["attention_mask"], self.pooling, prefix)
         vectors = self.head(pooled)
         return F.normalize(vectors, dim=-1) if self.normalize else vectors
+
+    def prefix_states(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """A pass's shared prefix (``inputs["prefix_ids"]``) through the decoder, for ``forward``'s ``prefix``."""
+        return prefix_states(self.headless, inputs)
 
     @property
     def hidden_size(self) -> int:

@@ -11,7 +11,7 @@ Lightning) and by the bench's hand-written loop (``lco/bench/loop.py``), so both
   pass with media too, its items in order (``pack_media.py``); with GradCache every pass is cut into chunks
   (``plan.py``, ``pack.chunk_rows``), and a padded text-only pass is first sorted by length so its chunks can be filled
   (``restore`` undoes either re-ordering). With ``share_prefix`` the tokens every item of a text-only pass begins
-  with (the chat template's system turn and user header) are computed once per pass or chunk (``prefix.py``;
+  with (the chat template's system turn and user header) are computed once per pass, whatever its chunks (``prefix.py``;
   ``prefix``: how many). ``tokens`` counts the batch's real tokens, the tokens its passes compute (padding
   included) and the real tokens a shared prefix spared (``real_fraction``: the share of computed tokens that are
   not padding). Python ints only: the step on the device never waits on the host.
@@ -144,10 +144,9 @@ class Step:
                 padded_width = inputs["input_ids"].shape[1]
                 cost = (sum((c["rows"][1] - c["rows"][0]) * (padded_width - c["first_col"]) for c in chunks)
                         if chunks else len(lengths) * padded_width)
-            if prefix:  # computed once per pass, or once per GradCache chunk
+            if prefix:  # computed once per pass, GradCache chunks or not
                 inputs["prefix_ids"] = prefix_ids
-                heads = len(chunks) if chunks else 1
-                cost, shared = cost + heads * prefix, shared + (len(lengths) - heads) * prefix
+                cost, shared = cost + prefix, shared + (len(lengths) - 1) * prefix
             real, computed = real + sum(lengths), computed + cost
             passes.append({"inputs": inputs, "sides": members, "chunks": chunks, "restore": restore,
                            "packed": "last_index" in inputs, "prefix": prefix,
@@ -164,7 +163,8 @@ class Step:
                 vectors = embedder(step["inputs"])
             else:
                 trainable = [p for p in embedder.parameters() if p.requires_grad]
-                vectors = cached_embed(embedder, step["inputs"], step["chunks"], trainable)
+                head = embedder.prefix_states if step["prefix"] else None  # the shared prefix: once per pass
+                vectors = cached_embed(embedder, step["inputs"], step["chunks"], trainable, head)
             if step["restore"] is not None:  # rows were re-ordered: by length (GradCache), or to fill packed rows
                 vectors = vectors[step["restore"]]
             for side, part in zip(step["sides"], vectors.split(step["sizes"])):

@@ -38,6 +38,13 @@ class RngState:
             torch.cuda.set_rng_state(self.cuda, self.device)
 
 
+def _accumulate(totals: list[torch.Tensor | None], grads) -> None:
+    """Add ``grads`` (None where unused) into ``totals`` in place."""
+    for i, g in enumerate(grads):
+        if g is not None:
+            totals[i] = g if totals[i] is None else totals[i].add_(g)
+
+
 class _Replay(torch.autograd.Function):
     """Identity on the cached embeddings whose backward re-runs the chunks and backpropagates through them."""
 
@@ -51,37 +58,57 @@ class _Replay(torch.autograd.Function):
         return (None, None, *ctx.replay(grad))
 
 
-def cached_embed(embed: Callable[[dict], torch.Tensor], batch: dict, chunks: list[dict],
-                 params: list[torch.Tensor]) -> torch.Tensor:
+def cached_embed(embed: Callable[..., torch.Tensor], batch: dict, chunks: list[dict],
+                 params: list[torch.Tensor], head: Callable[[dict], tuple[torch.Tensor, ...]] | None = None
+                 ) -> torch.Tensor:
     """Embeddings [N, D] of ``batch`` in ``chunks`` (row ranges covering 0..N in order), GradCache-style;
     ``params`` are the trainable parameters ``embed`` uses (they receive the summed gradient of all chunks).
+
+    ``head``: for a pass behind a shared prefix (``lco/step/prefix.py``), ``batch`` -> the prefix's states,
+    computed once per pass and handed to every chunk (``embed(chunk, states)``). In the replay they are
+    computed once more with a graph; each chunk backpropagates into detached copies of them, and their summed
+    gradients go through the prefix's graph once at the end.
 
     Outside autograd (no grad enabled) this is simply the chunked forward.
     """
     if not torch.is_grad_enabled():
-        return torch.cat([embed(take(batch, c)) for c in chunks])
+        shared = () if head is None else (head(batch),)
+        return torch.cat([embed(take(batch, c), *shared) for c in chunks])
     device = batch["input_ids"].device
     autocast = {"device_type": device.type, "enabled": torch.is_autocast_enabled(device.type),
                 "dtype": torch.get_autocast_dtype(device.type)}
     states, outputs = [], []
     with torch.no_grad():
+        first = RngState(device)
+        shared = () if head is None else (head(batch),)
         for chunk in chunks:
             states.append(RngState(device))
-            outputs.append(embed(take(batch, chunk)))
+            outputs.append(embed(take(batch, chunk), *shared))
 
     def replay(grad: torch.Tensor) -> list[torch.Tensor | None]:
         totals: list[torch.Tensor | None] = [None] * len(params)
         devices = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices, device_type=device.type), torch.enable_grad():
+            prefix, leaves = (), []
+            if head is not None:  # the prefix with its graph, once; chunks see detached leaves of it
+                first.restore()
+                with torch.autocast(**autocast):
+                    prefix = head(batch)
+                leaves = [t.detach().requires_grad_(t.requires_grad) for t in prefix]
+            live = [t for t in leaves if t.requires_grad]  # a frozen decoder (linear probe): none
+            sums: list[torch.Tensor | None] = [None] * len(live)
             for chunk, state in zip(chunks, states):
                 state.restore()
                 with torch.autocast(**autocast):
-                    out = embed(take(batch, chunk))
+                    out = embed(take(batch, chunk), *((tuple(leaves),) if leaves else ()))
                 start, end = chunk["rows"]
-                grads = torch.autograd.grad(out, params, grad[start:end].to(out.dtype), allow_unused=True)
-                for i, g in enumerate(grads):
-                    if g is not None:
-                        totals[i] = g if totals[i] is None else totals[i].add_(g)
+                grads = torch.autograd.grad(out, params + live, grad[start:end].to(out.dtype), allow_unused=True)
+                _accumulate(totals, grads[:len(params)])
+                _accumulate(sums, grads[len(params):])
+            used = [(t, g) for t, g in zip([t for t in prefix if t.requires_grad], sums) if g is not None]
+            if used:  # the prefix's share, through its graph once
+                grads = torch.autograd.grad([t for t, _ in used], params, [g for _, g in used], allow_unused=True)
+                _accumulate(totals, grads)
         return totals
 
     cached = torch.cat(outputs)

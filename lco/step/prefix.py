@@ -19,7 +19,7 @@ Autograd flows through the expanded keys and values into the one prefix computat
 gradients equal those of the padded pass (fp32, CPU: ``tests/test_prefix.py``). Two limits, both refused by
 ``lco/config.py``: activation checkpointing (transformers drops the cache inside a checkpointed layer) and
 attention kernels that take no 4-D mask (flash attention). With LoRA dropout the prefix's dropout mask is drawn
-once per pass (or GradCache chunk) instead of once per item: the same rate, shared by the pass's items.
+once per pass (whatever its GradCache chunks) instead of once per item: the same rate, shared by the pass's items.
 
 Hand-written: transformers shares a prefix for generation (a cache reused across ``generate`` calls) but has no
 training path where several sequences attend to one prefix with gradients.
@@ -87,12 +87,12 @@ def attention_mask(item_ids: torch.Tensor, size: int, implementation: str, dtype
     return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
 
-def prefixed_forward(headless, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """``inputs``: rows (``input_ids``, ``position_ids`` starting at P, ``item_ids`` if packed else
-    ``attention_mask``, optional ``mm_token_type_ids``) and ``prefix_ids`` [1, P] -> (final states of the rows
-    [R, W, D], of the prefix [P, D])."""
+def prefix_states(headless, inputs: dict) -> tuple[torch.Tensor, ...]:
+    """``inputs``' ``prefix_ids`` [1, P] through the decoder once -> (the prefix's final states [P, D], then each
+    layer's keys and values [1, heads, P, head_dim]): what every row of the pass attends to (``prefixed_forward``).
+    GradCache computes them once per pass and hands them to each chunk (``gradcache.cached_embed``)."""
     prefix, positions = inputs["prefix_ids"], inputs["position_ids"]
-    size, rows = prefix.shape[1], inputs["input_ids"].shape[0]
+    size = prefix.shape[1]
     first = torch.arange(size, device=prefix.device).expand(*positions.shape[:-2], 1, size)
     extra = {"mm_token_type_ids": torch.zeros_like(prefix)} if "mm_token_type_ids" in inputs else {}
     cache = DynamicCache(config=headless.config)
@@ -101,12 +101,25 @@ def prefixed_forward(headless, inputs: dict) -> tuple[torch.Tensor, torch.Tensor
         raise BatchLayoutError("the decoder did not keep the shared prefix's keys and values (activation "
                                "checkpointing drops them): set module.gradient_checkpointing=false or "
                                "step.share_prefix=false.")
-    for layer in cache.layers:  # a view per layer: every row attends to the same prefix keys and values
-        layer.keys, layer.values = (t.expand(rows, *t.shape[1:]) for t in (layer.keys, layer.values))
+    return (head.last_hidden_state[0], *(t for layer in cache.layers for t in (layer.keys, layer.values)))
+
+
+def prefixed_forward(headless, inputs: dict, states: tuple[torch.Tensor, ...] | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``inputs``: rows (``input_ids``, ``position_ids`` starting at P, ``item_ids`` if packed else
+    ``attention_mask``, optional ``mm_token_type_ids``) and ``prefix_ids`` [1, P]; ``states``: the prefix's
+    ``prefix_states`` if already computed -> (final states of the rows [R, W, D], of the prefix [P, D])."""
+    states = prefix_states(headless, inputs) if states is None else states
+    size, rows = inputs["prefix_ids"].shape[1], inputs["input_ids"].shape[0]
+    cache = DynamicCache(config=headless.config)
+    for i, layer in enumerate(cache.layers):  # a view per layer: every row attends to the same keys and values
+        keys, values = states[1 + 2 * i], states[2 + 2 * i]
+        layer.lazy_initialization(keys, values)
+        layer.keys, layer.values = (t.expand(rows, *t.shape[1:]) for t in (keys, values))
     dtype = headless.get_input_embeddings().weight.dtype
     items = inputs["item_ids"] if "item_ids" in inputs else inputs["attention_mask"].long() - 1  # a row: item 0
     mask = attention_mask(items, size, headless.config._attn_implementation, dtype)
     extra = {"mm_token_type_ids": inputs["mm_token_type_ids"]} if "mm_token_type_ids" in inputs else {}
-    out = headless(input_ids=inputs["input_ids"], position_ids=positions, attention_mask=mask, cache=cache,
-                   use_cache=True, return_dict=True, **extra)
-    return out.last_hidden_state, head.last_hidden_state[0]
+    out = headless(input_ids=inputs["input_ids"], position_ids=inputs["position_ids"], attention_mask=mask,
+                   cache=cache, use_cache=True, return_dict=True, **extra)
+    return out.last_hidden_state, states[0]
