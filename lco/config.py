@@ -209,6 +209,27 @@ def _prefix_problems(cfg: DictConfig) -> list[str]:
     return problems
 
 
+def _family_problems(cfg: DictConfig) -> list[str]:
+    """``method.experts=true`` (LoRA on MoE expert weights) on a family whose decoder has no routed experts, or with
+    LoRA dropout (peft's parameter LoRA has none)."""
+    from lco.models.families import FAMILIES
+
+    from lco.methods.lora import EXPERTS_DROPOUT
+
+    family = OmegaConf.select(cfg, "model.family", default=None, throw_on_missing=False)
+    if OmegaConf.select(cfg, "method.experts", default=None, throw_on_missing=False) is not True:
+        return []
+    problems = []
+    if family in FAMILIES and not FAMILIES[family].moe:
+        moe = ", ".join(name for name, f in FAMILIES.items() if f.moe)
+        problems.append(f"method.experts=true adds LoRA on routed MoE experts, but model.family={family} has a "
+                        f"dense decoder. Set method.experts=false, or pick an MoE family ({moe}).")
+    dropout = OmegaConf.select(cfg, "method.dropout", default=0, throw_on_missing=False)
+    if dropout:
+        problems.append(EXPERTS_DROPOUT.format(dropout=dropout))
+    return problems
+
+
 def check_config(cfg: DictConfig) -> None:
     """Raise ``ConfigError`` listing every bad key (all at once: not an argument of its ``_target_``, or not declared
     by the chosen options' YAML, ``lco.keys``), every unresolvable interpolation, every value out of type or range
@@ -226,6 +247,7 @@ def check_config(cfg: DictConfig) -> None:
     problems.extend(value_problems(cfg))
     problems.extend(config_problems(cfg))
     problems.extend(_prefix_problems(cfg))
+    problems.extend(_family_problems(cfg))
     if problems:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems)
                           + "\nFix the keys above (command line or conf/ files); nothing was loaded.")

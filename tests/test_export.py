@@ -39,7 +39,8 @@ def make_checkpoint(folder: Path, name: str, method: str, seed: int = 0, **card)
     backbone = load_backbone(TINY_FAMILIES[name], f"lco-tiny/{name}", dtype="float32")
     embedder = Embedder(backbone, Preprocessor(backbone.processor, Prompter(**card)) if card else None)
     torch.manual_seed(seed)
-    trained = METHODS[method](**ARGS[method])
+    moe = method == "lora" and FAMILIES[TINY_FAMILIES[name]].moe  # LoRA on the routed experts' weights too
+    trained = METHODS[method](**ARGS[method], **({"experts": True} if moe else {}))
     trained.apply(embedder)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -107,7 +108,8 @@ def deviation(a, b) -> float:
 
 
 @pytest.mark.parametrize("name, method", [("tiny_text", "lora"), ("tiny_text", "full"), ("tiny_text", "linear_probe"),
-                                          ("tiny_omni", "lora"), ("tiny_qwen3_vl", "lora")])
+                                          ("tiny_omni", "lora"), ("tiny_qwen3_vl", "lora"),
+                                          ("tiny_qwen3_vl_moe", "lora")])
 def test_export_embeds_as_the_checkpoint(tmp_path, checkpoints, plain_processors, name, method):
     from sentence_transformers import SentenceTransformer
 

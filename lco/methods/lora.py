@@ -3,6 +3,11 @@
 Targets are matched by a regex anchored on the family's decoder path (``model.language_model.layers.N...``),
 so same-named projections inside the vision tower (``mlp.gate_proj``...) or audio tower never get adapters.
 Towers, projectors, embeddings and norms stay frozen. ``save`` writes a standard peft adapter folder.
+MoE decoders (Qwen3-VL MoE, Qwen3-Omni's thinker) keep their routed experts as fused 3-D parameters, not
+``nn.Linear`` modules, so the targets reach attention (and dense or shared-expert MLPs where a layer has them);
+``experts=true`` adds LoRA on each layer's ``mlp.experts.gate_up_proj`` and ``down_proj`` through peft's
+``target_parameters``: each expert gets its own low-rank update, and peft allows no LoRA dropout there
+(``dropout`` must be 0). Routers stay frozen.
 On a 4-bit base (``model.quantization=nf4``, QLoRA) peft wraps the bitsandbytes layers itself; peft's
 ``prepare_model_for_kbit_training`` is deliberately not called (why: ``lco/models/quantization.py``).
 """
@@ -19,6 +24,8 @@ from peft.tuners.lora import LoraLayer
 from lco.errors import ConfigError
 from lco.methods.base import Method
 
+EXPERTS_DROPOUT = ("method.experts=true with method.dropout={dropout}: peft's LoRA on parameters (the MoE experts' "
+                   "fused weights) takes no dropout. Set method.dropout=0, or method.experts=false.")
 REFERENCE_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -26,28 +33,46 @@ class LoRA(Method):
     name = "lora"
 
     def __init__(self, r: int = 64, alpha: int = 128, dropout: float = 0.05,
-                 targets: tuple[str, ...] | list[str] = REFERENCE_TARGETS, layers: list[int] | None = None):
+                 targets: tuple[str, ...] | list[str] = REFERENCE_TARGETS, layers: list[int] | None = None,
+                 experts: bool = False):
         if r <= 0:
             raise ConfigError(f"method.r must be a positive integer, got {r}")
+        if experts not in (True, False):
+            raise ConfigError(f"method.experts={experts!r} is not valid: use true (LoRA on MoE expert weights too) "
+                              "or false.")
+        if experts and dropout:
+            raise ConfigError(EXPERTS_DROPOUT.format(dropout=dropout))
         self.r, self.alpha, self.dropout = r, alpha, dropout
         self.targets = tuple(targets)
         self.layers = layers
+        self.experts = experts
         self.modules_to_save: list[str] | None = None  # whole modules trained and saved beside the adapter
 
     def target_regex(self, lm_prefix: str) -> str:
         layer = r"\d+" if self.layers is None else "|".join(str(i) for i in self.layers)
         return rf"{re.escape(lm_prefix)}\.layers\.({layer})\.(self_attn|mlp)\.({'|'.join(self.targets)})"
 
+    def expert_parameters(self, model: torch.nn.Module, lm_prefix: str) -> list[str]:
+        """Full names of the decoder's fused MoE expert weights in the chosen layers (none in a dense decoder)."""
+        layer = r"\d+" if self.layers is None else "|".join(str(i) for i in self.layers)
+        pattern = re.compile(rf"{re.escape(lm_prefix)}\.layers\.({layer})\.mlp\.experts\.(gate_up_proj|down_proj)")
+        return [name for name, _ in model.named_parameters() if pattern.fullmatch(name)]
+
     def apply(self, embedder) -> None:
         embedder.model.requires_grad_(False)
+        experts = self.expert_parameters(embedder.model, embedder.family.lm_prefix) if self.experts else None
+        if self.experts and not experts:
+            raise ConfigError(f"method.experts=true, but model.family={embedder.family.name} has no fused MoE expert "
+                              "weights (mlp.experts.gate_up_proj / down_proj) in the chosen decoder layers; set "
+                              "method.experts=false.")
         config = LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout, bias="none",
                             target_modules=self.target_regex(embedder.family.lm_prefix),
-                            modules_to_save=self.modules_to_save)
+                            target_parameters=experts, modules_to_save=self.modules_to_save)
         try:
             embedder.model = get_peft_model(embedder.model, config)
         except ValueError as err:
-            raise ConfigError(f"method=lora matched no module for targets {self.targets} under "
-                             f"{embedder.family.lm_prefix}.layers ({err}); check method.targets / method.layers.") from err
+            raise ConfigError(f"method=lora could not wrap targets {self.targets} under {embedder.family.lm_prefix}"
+                              f".layers ({err}); check method.targets / method.layers.") from err
         skip_upcast_under_autocast(embedder.model)
 
     @classmethod
@@ -83,7 +108,8 @@ def skip_upcast_under_autocast(model: torch.nn.Module) -> int:
         if not isinstance(module, LoraLayer):
             continue
         adapter = next(module.lora_A.parameters(), None)
-        if adapter is not None and module.get_base_layer().weight.dtype != adapter.dtype:
+        weight = getattr(module.get_base_layer(), "weight", None)  # none: LoRA on MoE expert parameters
+        if adapter is not None and weight is not None and weight.dtype != adapter.dtype:
             module.register_forward_pre_hook(_cast_only_without_autocast, with_kwargs=True)
             hooked += 1
     return hooked

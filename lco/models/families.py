@@ -23,6 +23,7 @@ class Family:
     feature_extractor_class: str | None = None
     config_key: str | None = None  # sub-config to use from a composite checkpoint config (Omni's thinker)
     mrope: bool = False  # multimodal rotary positions: position_ids [4, N, T] (text, temporal, height, width)
+    moe: bool = False  # routed experts with fused weights in the decoder's MLPs (LoRA's ``experts`` option)
 
 
 FAMILIES: dict[str, Family] = {
@@ -35,6 +36,11 @@ FAMILIES: dict[str, Family] = {
     # media passes does not lay out yet, so video data is refused for it (check_modalities)
     "qwen3_vl": Family("qwen3_vl", "Qwen3VLForConditionalGeneration", "model.language_model", ("model.visual",),
                        ("text", "image"), "Qwen3VLProcessor", mrope=True),
+    # Qwen3-VL MoE (30B-A3B, 235B-A22B): the same towers and processor; the decoder's MLPs are routed experts with
+    # fused 3-D weights (no nn.Linear), so LoRA's default targets reach attention and any dense MLP layers, and
+    # the experts only with method.experts=true (peft target_parameters); the router stays frozen
+    "qwen3_vl_moe": Family("qwen3_vl_moe", "Qwen3VLMoeForConditionalGeneration", "model.language_model",
+                           ("model.visual",), ("text", "image"), "Qwen3VLProcessor", mrope=True, moe=True),
     "qwen2_5_omni": Family("qwen2_5_omni", "Qwen2_5OmniThinkerForConditionalGeneration", "model.language_model",
                            ("model.visual", "model.audio_tower"), ("text", "image", "video", "audio"),
                            "Qwen2_5OmniProcessor", "WhisperFeatureExtractor", config_key="thinker_config",

@@ -29,6 +29,15 @@ _TEXT = dict(vocab_size=151936, hidden_size=64, intermediate_size=128, num_hidde
 _MROPE = {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]}
 _VISION = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
                fullatt_block_indexes=[1], patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
+# Qwen3-VL: q/k norms, head_dim set apart from the width, interleaved multimodal rotary, 16-pixel patches, a
+# learned position grid and deepstack (vision block 0's features added to decoder layer 0)
+_QWEN3_TEXT = dict(vocab_size=151936, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                   num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=4096,
+                   rms_norm_eps=1e-6, pad_token_id=151643, rope_parameters={"rope_type": "default", "rope_theta": 5e6,
+                                                         "mrope_section": [2, 3, 3], "mrope_interleaved": True})
+_QWEN3_VISION = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=16,
+                     spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=256,
+                     deepstack_visual_indexes=[0])
 
 # name -> (family, tokenizer flavour, config kwargs)
 TINY_SPECS: dict[str, tuple[str, str, dict]] = {
@@ -43,18 +52,12 @@ TINY_SPECS: dict[str, tuple[str, str, dict]] = {
         "audio": dict(encoder_layers=2, d_model=32, encoder_attention_heads=2, encoder_ffn_dim=64, output_dim=128,
                       num_mel_bins=128, max_source_positions=1500, n_window=100),
     }),
-    # Qwen3-VL: q/k norms, head_dim set apart from the width, interleaved multimodal rotary, 16-pixel patches, a
-    # learned position grid and deepstack (vision block 0's features added to decoder layer 0)
-    "tiny_qwen3_vl": ("qwen3_vl", "qwen3", {
-        "text": dict(vocab_size=151936, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                     num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=4096,
-                     rms_norm_eps=1e-6, pad_token_id=151643,
-                     rope_parameters={"rope_type": "default", "rope_theta": 5e6, "mrope_section": [2, 3, 3],
-                                      "mrope_interleaved": True}),
-        "vision": dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
-                       patch_size=16, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=256,
-                       deepstack_visual_indexes=[0]),
-    }),
+    "tiny_qwen3_vl": ("qwen3_vl", "qwen3", {"text": _QWEN3_TEXT, "vision": _QWEN3_VISION}),
+    # Qwen3-VL MoE: layer 0 routes 4 experts with fused weights (2 per token), layer 1 keeps a dense MLP
+    "tiny_qwen3_vl_moe": ("qwen3_vl_moe", "qwen3", {
+        "text": {**_QWEN3_TEXT, "moe_intermediate_size": 32, "num_experts": 4, "num_experts_per_tok": 2,
+                 "mlp_only_layers": [1]},
+        "vision": _QWEN3_VISION}),
     "tiny_omni": ("qwen2_5_omni", "omni", {
         "text": {**_TEXT, "rope_parameters": _MROPE},
         "vision": _VISION,
@@ -99,9 +102,9 @@ def build_config(name: str):
         return transformers.Qwen2_5_VLConfig(text_config=spec["text"], vision_config=spec["vision"],
                                              image_token_id=151655, video_token_id=151656,
                                              vision_start_token_id=151652, tie_word_embeddings=True)
-    if family == "qwen3_vl":
-        return transformers.Qwen3VLConfig(text_config=spec["text"], vision_config=spec["vision"],
-                                          tie_word_embeddings=True)
+    if family in ("qwen3_vl", "qwen3_vl_moe"):
+        config_class = transformers.Qwen3VLConfig if family == "qwen3_vl" else transformers.Qwen3VLMoeConfig
+        return config_class(text_config=spec["text"], vision_config=spec["vision"], tie_word_embeddings=True)
     return transformers.Qwen2_5OmniThinkerConfig(text_config=spec["text"], vision_config=spec["vision"],
                                                  audio_config=spec["audio"], vision_start_token_id=151652)
 
