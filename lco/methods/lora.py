@@ -60,19 +60,33 @@ class LoRA(Method):
 
     def apply(self, embedder) -> None:
         embedder.model.requires_grad_(False)
-        experts = self.expert_parameters(embedder.model, embedder.family.lm_prefix) if self.experts else None
+        prefix = embedder.family.lm_prefix
+        pattern = re.compile(self.target_regex(prefix))
+        modules = [name for name, _ in embedder.model.named_modules() if pattern.fullmatch(name)]
+        experts = self.expert_parameters(embedder.model, prefix) if self.experts else []
+        if not modules and not experts:
+            raise ConfigError(f"method=lora matched no module for targets {self.targets} under {prefix}.layers; "
+                              "check method.targets / method.layers.")
         if self.experts and not experts:
             raise ConfigError(f"method.experts=true, but model.family={embedder.family.name} has no fused MoE expert "
                               "weights (mlp.experts.gate_up_proj / down_proj) in the chosen decoder layers; set "
                               "method.experts=false.")
+        # full names, not the regex: for MoE model types transformers 5 re-fused (Qwen3-Omni), peft rewrites a
+        # regex into bare leaf names, which would also match the towers' q/k/v/o projections
         config = LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout, bias="none",
-                            target_modules=self.target_regex(embedder.family.lm_prefix),
-                            target_parameters=experts, modules_to_save=self.modules_to_save)
+                            target_modules=modules, target_parameters=experts or None,
+                            modules_to_save=self.modules_to_save)
         try:
             embedder.model = get_peft_model(embedder.model, config)
         except ValueError as err:
-            raise ConfigError(f"method=lora could not wrap targets {self.targets} under {embedder.family.lm_prefix}"
-                              f".layers ({err}); check method.targets / method.layers.") from err
+            raise ConfigError(f"method=lora could not wrap targets {self.targets} under {prefix}.layers ({err}); "
+                              "check method.targets / method.layers.") from err
+        wrapped = (set(embedder.model.base_model.targeted_module_names)
+                   | set(embedder.model.base_model.targeted_parameter_names))
+        if wrapped != set(modules) | set(experts):  # peft retargeted: stop rather than train other weights
+            raise ConfigError(f"method=lora: peft wrapped {sorted(wrapped ^ (set(modules) | set(experts)))[:6]} "
+                              f"differently from the {len(modules) + len(experts)} decoder weights lco chose "
+                              f"(model.family={embedder.family.name}); report it with your peft version.")
         skip_upcast_under_autocast(embedder.model)
 
     @classmethod

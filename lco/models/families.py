@@ -41,6 +41,11 @@ FAMILIES: dict[str, Family] = {
     # the experts only with method.experts=true (peft target_parameters); the router stays frozen
     "qwen3_vl_moe": Family("qwen3_vl_moe", "Qwen3VLMoeForConditionalGeneration", "model.language_model",
                            ("model.visual",), ("text", "image"), "Qwen3VLProcessor", mrope=True, moe=True),
+    # Qwen3-Omni's thinker (30B-A3B): Qwen3-VL's vision tower, an audio encoder and an MoE decoder; video waits for a
+    # video processor with Qwen3's 16-pixel patches in lco's torchvision-free path, so it is refused for now
+    "qwen3_omni": Family("qwen3_omni", "Qwen3OmniMoeThinkerForConditionalGeneration", "model.language_model",
+                         ("model.visual", "model.audio_tower"), ("text", "image", "audio"), "Qwen3OmniMoeProcessor",
+                         "WhisperFeatureExtractor", config_key="thinker_config", mrope=True, moe=True),
     "qwen2_5_omni": Family("qwen2_5_omni", "Qwen2_5OmniThinkerForConditionalGeneration", "model.language_model",
                            ("model.visual", "model.audio_tower"), ("text", "image", "video", "audio"),
                            "Qwen2_5OmniProcessor", "WhisperFeatureExtractor", config_key="thinker_config",

@@ -58,6 +58,13 @@ TINY_SPECS: dict[str, tuple[str, str, dict]] = {
         "text": {**_QWEN3_TEXT, "moe_intermediate_size": 32, "num_experts": 4, "num_experts_per_tok": 2,
                  "mlp_only_layers": [1]},
         "vision": _QWEN3_VISION}),
+    # Qwen3-Omni's thinker: every decoder layer routed (as the published 30B-A3B), Qwen3-VL's vision tower and
+    # Qwen3-Omni's audio encoder (convolutional downsampling before its transformer, 50-frame windows)
+    "tiny_qwen3_omni": ("qwen3_omni", "qwen3_omni", {
+        "text": {**_QWEN3_TEXT, "moe_intermediate_size": 32, "num_experts": 4, "num_experts_per_tok": 2},
+        "vision": _QWEN3_VISION,
+        "audio": dict(encoder_layers=2, d_model=32, encoder_attention_heads=2, encoder_ffn_dim=64, output_dim=64,
+                      num_mel_bins=128, max_source_positions=1500, n_window=50, downsample_hidden_size=16)}),
     "tiny_omni": ("qwen2_5_omni", "omni", {
         "text": {**_TEXT, "rope_parameters": _MROPE},
         "vision": _VISION,
@@ -84,6 +91,8 @@ def _chat_template(flavour: str) -> str:
                  "VIDEO": "<|VIDEO|>", "AUDIO_BOS": "<|audio_bos|>", "AUDIO": "<|AUDIO|>",
                  "AUDIO_EOS": "<|audio_eos|>", "DEFAULT_SYSTEM": _QWEN25_SYSTEM},
         "qwen3": {**vl, "DEFAULT_SYSTEM": ""},
+        "qwen3_omni": {**vl, "AUDIO_BOS": "<|audio_start|>", "AUDIO": "<|audio_pad|>", "AUDIO_EOS": "<|audio_end|>",
+                       "DEFAULT_SYSTEM": ""},
     }[flavour]
     text = (Path(__file__).parent / "chat_template.jinja").read_text()
     for key, value in tokens.items():
@@ -102,6 +111,11 @@ def build_config(name: str):
         return transformers.Qwen2_5_VLConfig(text_config=spec["text"], vision_config=spec["vision"],
                                              image_token_id=151655, video_token_id=151656,
                                              vision_start_token_id=151652, tie_word_embeddings=True)
+    if family == "qwen3_omni":
+        return transformers.Qwen3OmniMoeThinkerConfig(text_config=spec["text"], vision_config=spec["vision"],
+                                                      audio_config=spec["audio"], audio_token_id=151675,
+                                                      audio_start_token_id=151669, image_token_id=151655,
+                                                      video_token_id=151656, vision_start_token_id=151652)
     if family in ("qwen3_vl", "qwen3_vl_moe"):
         config_class = transformers.Qwen3VLConfig if family == "qwen3_vl" else transformers.Qwen3VLMoeConfig
         return config_class(text_config=spec["text"], vision_config=spec["vision"], tie_word_embeddings=True)
@@ -124,7 +138,7 @@ def build_processor(name: str):
         return assemble_processor("tokenizer", tokenizer, chat_template=_chat_template(flavour))
     # Small pixel budget: a 112x112 image becomes 16 patches -> 4 merged tokens.
     image_processor = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=224 * 224)
-    if flavour == "qwen3":  # Qwen3-VL's image processor: 16-pixel patches, mean and std 0.5
+    if flavour.startswith("qwen3"):  # Qwen3's image processor: 16-pixel patches, mean and std 0.5
         image_processor = Qwen2VLImageProcessorPil(min_pixels=64 * 64, max_pixels=256 * 256, patch_size=16,
                                                    image_mean=[0.5] * 3, image_std=[0.5] * 3)
     feature_extractor = WhisperFeatureExtractor(feature_size=128) if family.feature_extractor_class else None

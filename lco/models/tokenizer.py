@@ -33,6 +33,11 @@ SPECIAL_TOKENS = {
                             "<|IMAGE|>", "<|VIDEO|>"] + _TAIL,
 }
 SPECIAL_TOKENS["qwen3"] = SPECIAL_TOKENS["vl"] + ["<tool_response>", "</tool_response>", "<think>", "</think>"]
+# Qwen3-Omni: Qwen3's, then its audio and speech tokens (audio start 151669, end 151670, pad 151675, as the
+# published thinker config's audio_start_token_id / audio_end_token_id / audio_token_id)
+SPECIAL_TOKENS["qwen3_omni"] = SPECIAL_TOKENS["qwen3"] + ["<|audio_start|>", "<|audio_end|>", "<tts_pad>",
+                                                          "<tts_text_bos>", "<tts_text_eod>", "<tts_text_bos_single>",
+                                                          "<|audio_pad|>"]
 # Named multimodal tokens the VL/Omni processors read off the tokenizer (``tokenizer.image_token`` ...).
 NAMED_TOKENS = {
     "vl": {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>",
@@ -42,6 +47,8 @@ NAMED_TOKENS = {
              "audio_bos_token": "<|audio_bos|>", "audio_eos_token": "<|audio_eos|>"},
 }
 NAMED_TOKENS["qwen3"] = NAMED_TOKENS["vl"]
+NAMED_TOKENS["qwen3_omni"] = {**NAMED_TOKENS["vl"], "audio_token": "<|audio_pad|>",
+                              "audio_bos_token": "<|audio_start|>", "audio_eos_token": "<|audio_end|>"}
 
 
 def qwen_tiktoken_file() -> str:
@@ -53,7 +60,8 @@ def qwen_tiktoken_file() -> str:
 
 def build_qwen_tokenizer(flavour: str = "vl") -> Qwen2TokenizerFast:
     """Build the Qwen2.5 tokenizer (``flavour`` ``"vl"`` or ``"omni"`` special tokens; ``"qwen3"``: Qwen3's, the
-    ``vl`` ones plus ``<tool_response>``, ``</tool_response>``, ``<think>``, ``</think>``); ~4 s on one core.
+    ``vl`` ones plus ``<tool_response>``, ``</tool_response>``, ``<think>``, ``</think>``; ``"qwen3_omni"``: those
+    plus Qwen3-Omni's audio and speech tokens); ~4 s on one core.
 
     Returns a left-padding ``Qwen2TokenizerFast`` with pad ``<|endoftext|>`` and eos ``<|im_end|>``.
     """
