@@ -6,7 +6,8 @@ import pytest
 import torch
 import transformers
 
-from lco.bench.gpu import SIZES, model_flops_per_token, run, scenario, thinker_config
+from lco.bench.gpu import run, scenario
+from lco.bench.shapes import SIZES, model_config, model_flops_per_token
 from lco.errors import ConfigError
 from tests.conftest import compose_train
 
@@ -14,7 +15,7 @@ DRY = ["size=dry_run", "seq_len=12", "per_device_batch=3", "global_batch=6", "st
 
 
 def test_published_3b_shapes_and_flops():
-    config = thinker_config("omni_3b")
+    config = model_config("omni_3b")
     text = config.get_text_config()
     assert (text.hidden_size, text.intermediate_size, text.num_hidden_layers) == (2048, 11008, 36)
     assert (text.num_attention_heads, text.num_key_value_heads, text.vocab_size) == (16, 2, 151936)
@@ -23,7 +24,29 @@ def test_published_3b_shapes_and_flops():
     n = 36 * (2 * 2048 * 2048 + 2 * 2048 * 256 + 3 * 2048 * 11008)
     assert n == pytest.approx(2.77e9, rel=0.01)  # the 3B's decoder without its 311M-parameter embedding
     assert model_flops_per_token(text, 128) == 4 * n + 12 * 36 * 16 * 128 * 128  # attention: fwd 4, bwd 8
-    assert isinstance(thinker_config("omni_7b"), transformers.Qwen2_5OmniThinkerConfig) and set(SIZES) == {"omni_3b", "omni_7b"}
+    assert isinstance(model_config("omni_7b"), transformers.Qwen2_5OmniThinkerConfig)
+    assert set(SIZES) == {"omni_3b", "omni_7b", "qwen3_vl_8b", "qwen3_omni_30b_a3b"}
+
+
+@pytest.mark.parametrize("size,total,decoder", [("qwen3_vl_8b", 8.77e9, 6.95e9),
+                                                ("qwen3_omni_30b_a3b", 31.7e9, 2.74e9)])
+def test_published_qwen3_shapes_and_active_flops(size, total, decoder):
+    """The bench's Qwen3 models, built on the meta device (no memory): Qwen3-VL-8B-Instruct has 8.77B parameters;
+    Qwen3-Omni-30B-A3B's thinker ~31.7B, of which a token's decoder matmuls use ~2.7B (8 of 128 experts)."""
+    config = model_config(size)
+    cls = transformers.Qwen3VLForConditionalGeneration if size == "qwen3_vl_8b" else \
+        transformers.Qwen3OmniMoeThinkerForConditionalGeneration
+    with torch.device("meta"):
+        model = cls._from_config(config)
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(total, rel=0.02)
+    text = config.get_text_config()
+    attention = 2 * (text.num_attention_heads + text.num_key_value_heads) * 128 * text.hidden_size
+    if size == "qwen3_vl_8b":  # by hand, per layer: attention with head_dim 128, MLP 3 x 4096 x 12288
+        n = 36 * (attention + 3 * 4096 * 12288)
+    else:  # attention, 8 routed experts of 3 x 2048 x 768, the 2048 x 128 router
+        n = 48 * (attention + 8 * 3 * 2048 * 768 + 2048 * 128)
+    assert n == pytest.approx(decoder, rel=0.01)
+    assert model_flops_per_token(text, 64) == 4 * n + 12 * text.num_hidden_layers * text.num_attention_heads * 128 * 64
 
 
 def test_dry_run_gradcache_step_equals_plain_step(tmp_path):
@@ -67,6 +90,15 @@ def test_dry_run_times_a_shared_prefix(tmp_path):
     assert set(result["prefix_speedup"]) == {"3 packed", "6 packed"} and result["packing_speedup"] == {}
     assert result["prefix_speedup"]["6 packed"] == rows[3]["triplets_per_s"] / rows[1]["triplets_per_s"]
     assert "Shared prefix / not triplets/s: **" in (tmp_path / "gpu_results.md").read_text()
+
+
+def test_dry_run_of_the_qwen3_omni_thinker(tmp_path):
+    """The Qwen3-Omni shape's code path (MoE decoder, Qwen3 template: a 3-token shared prefix) on its tiny twin."""
+    overrides = ["size=dry_run_qwen3_omni", *DRY[1:], "pack=[true]", "share_prefix=[false,true]", "global_batch=null",
+                 "method.dropout=0", f"output_dir={tmp_path}"]
+    plain, shared = run(compose_train(tmp_path, overrides, config_name="bench_gpu"))["scenarios"]
+    assert shared["losses"][0] == pytest.approx(plain["losses"][0], rel=1e-5) and plain["trainable"] > 0
+    assert "(family `qwen3_omni`)" in (tmp_path / "gpu_results.md").read_text()
 
 
 def test_uniform_lengths_count_every_token(tmp_path):

@@ -1,13 +1,13 @@
 """``python -m lco.bench.gpu``: the paper's per-GPU training step at real size, with random weights (no download).
 
-Builds the Qwen2.5-Omni thinker (decoder + vision + audio towers) from the published shapes (``SIZES``; FIELD_NOTES
-section 2) in bf16 on the GPU, wraps it in lco's ``Embedder`` with the real Qwen tokenizer and the configured
-method (LoRA r=64 by default), with non-reentrant gradient checkpointing as lco.train sets it
-(``gradient_checkpointing=auto``: on, except under GradCache, whose chunks bound the activations), and times
-lco's training step (``ContrastiveModule``'s plan + embed + InfoNCE + backward + AdamW) on text triplets:
-``lengths=allnli`` (default) draws All-NLI-shaped items (``lco/bench/lengths.py``) wrapped in the paper's prompt
-and Qwen's chat template by lco's ``Preprocessor``; ``lengths=uniform`` gives every item ``seq_len`` random
-tokens (the earlier benchmark). Scenarios, each for every ``pack`` setting (padded, and padding-free packed
+Builds the model of ``size`` (decoder and towers: the Qwen2.5-Omni thinkers, Qwen3-VL-8B, Qwen3-Omni-30B-A3B's
+thinker) from the published shapes (``lco/bench/shapes.py``) in bf16 on the GPU, wraps it in lco's ``Embedder`` with
+the real Qwen tokenizer and the configured method (LoRA r=64 by default), with non-reentrant gradient checkpointing
+as lco.train sets it (``gradient_checkpointing=auto``: on, except under GradCache, whose chunks bound the
+activations), and times lco's training step (``ContrastiveModule``'s plan + embed + InfoNCE + backward + AdamW) on
+text triplets: ``lengths=allnli`` (default) draws All-NLI-shaped items (``lco/bench/lengths.py``) wrapped in the
+paper's prompt and Qwen's chat template by lco's ``Preprocessor``; ``lengths=uniform`` gives every item ``seq_len``
+random tokens (the earlier benchmark). Scenarios, each for every ``pack`` setting (padded, and padding-free packed
 text passes: ``step.pack``) and every ``share_prefix`` setting (``step.share_prefix``: the chat template's opening
 computed once per pass):
 
@@ -23,11 +23,13 @@ Reported per scenario: seconds per step, triplets/s, real (unpadded) tokens/s, r
 model-FLOP utilisation counted on real tokens (with a shared prefix, every item's prefix included: the work it
 spared counted as done), peak memory, and the paper's text run (``paper_triplets``: 276K
 triplets x 2 epochs) extrapolated to GPU-hours on this one device. Model FLOPs per real token of an item of T
-tokens are ``4 N + 12 L H Q T`` (N decoder matmul parameters, L layers, H heads, Q head dim):
+tokens are ``4 N + 12 L H Q T`` (N decoder matmul parameters a token uses: an MoE token's top-k experts only;
+L layers, H heads, Q head dim):
 forward (2N + 4LHQT) plus the backward for activations (2N for the frozen weights, which need no weight
 gradients; 8LHQT for attention, which has no weights and needs gradients for Q, K and V); recomputation
-(checkpointing, GradCache's second forward) is not counted, as MFU conventionally does. ``size=dry_run`` builds
-a tiny twin on CPU so the tests run the same code. Results: ``${output_dir}/gpu_results.{md,json}``.
+(checkpointing, GradCache's second forward) is not counted, as MFU conventionally does. ``size=dry_run`` (and
+``dry_run_qwen3_vl``, ``dry_run_qwen3_omni``) builds a tiny twin on CPU so the tests run the same code.
+Results: ``${output_dir}/gpu_results.{md,json}``.
 """
 
 from __future__ import annotations
@@ -47,51 +49,18 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from lco.cli import entry
 from lco.config import check_config
 from lco.errors import ConfigError
+from lco.bench.shapes import DRY_RUNS, model_config, model_flops_per_token, shape
 from lco.models import quantization
 
-_VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, patch_size=14,
-               spatial_merge_size=2, temporal_patch_size=2, fullatt_block_indexes=[7, 15, 23, 31])
-_AUDIO = dict(encoder_layers=32, d_model=1280, encoder_attention_heads=20, encoder_ffn_dim=5120, num_mel_bins=128,
-              max_source_positions=1500, n_window=100)
-_ROPE = {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]}
-_TEXT = dict(vocab_size=151936, rms_norm_eps=1e-6, max_position_embeddings=32768, pad_token_id=151643,
-             eos_token_id=151645, bos_token_id=151643, rope_parameters=_ROPE)
-# published thinker shapes; towers' outputs are projected to the decoder width
-SIZES = {
-    "omni_3b": {"text": dict(_TEXT, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
-                             num_attention_heads=16, num_key_value_heads=2, tie_word_embeddings=True),
-                "vision": dict(_VISION, out_hidden_size=2048), "audio": dict(_AUDIO, output_dim=2048)},
-    "omni_7b": {"text": dict(_TEXT, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-                             num_attention_heads=28, num_key_value_heads=4, tie_word_embeddings=False),
-                "vision": dict(_VISION, out_hidden_size=3584), "audio": dict(_AUDIO, output_dim=3584)},
-}
 # dense bf16 TFLOP/s per device, matched against the device name in this order (more specific names first)
 PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.4, "H200": 989.4, "A100": 312.0,
                     "L40S": 362.1}
 
 
-def thinker_config(size: str):
-    import transformers
-
-    from lco.models.tiny import TINY_SPECS
-
-    spec = TINY_SPECS["tiny_omni"][2] if size == "dry_run" else SIZES[size]
-    return transformers.Qwen2_5OmniThinkerConfig(text_config=spec["text"], vision_config=spec["vision"],
-                                                 audio_config=spec["audio"], vision_start_token_id=151652)
-
-
-def model_flops_per_token(text_config, seq_len: int) -> float:
-    """``4 N + 12 L H Q T``: decoder matmul parameters N (attention + MLP, no embeddings; the LM head never runs)."""
-    c = text_config
-    q = c.hidden_size // c.num_attention_heads
-    attn = c.hidden_size * q * (2 * c.num_attention_heads + 2 * c.num_key_value_heads)
-    n = c.num_hidden_layers * (attn + 3 * c.hidden_size * c.intermediate_size)
-    return 4 * n + 12 * c.num_hidden_layers * c.num_attention_heads * q * seq_len
-
-
 def _backbone(cfg: DictConfig, device: torch.device):
-    """The random-weight thinker as a ``Backbone``. With ``quantization=nf4`` it is saved as an HF folder under
-    ``output_dir`` and reloaded through ``load_backbone`` (the users' QLoRA path: 4-bit NF4 base)."""
+    """The random-weight model of ``cfg.size`` (``lco/bench/shapes.py``) as a ``Backbone``, with its tiny twin's
+    processor (real token ids). With ``quantization=nf4`` it is saved as an HF folder under ``output_dir`` and
+    reloaded through ``load_backbone`` (the users' QLoRA path: 4-bit NF4 base)."""
     import tempfile
 
     import transformers
@@ -101,14 +70,14 @@ def _backbone(cfg: DictConfig, device: torch.device):
     from lco.models.tiny import build_processor
 
     torch.manual_seed(cfg.seed)
-    dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    found, dtype = shape(cfg.size), torch.float32 if device.type == "cpu" else torch.bfloat16
+    family = get_family(found.family)
     with torch.device(device):
-        model = transformers.Qwen2_5OmniThinkerForConditionalGeneration._from_config(
-            thinker_config(cfg.size), dtype=dtype, attn_implementation=cfg.attn_implementation)
-    processor = build_processor("tiny_omni")
+        model = getattr(transformers, family.model_class)._from_config(
+            model_config(cfg.size), dtype=dtype, attn_implementation=cfg.attn_implementation)
+    processor = build_processor(found.twin)
     if cfg.quantization is None:
-        return Backbone(model=model, processor=processor, family=get_family("qwen2_5_omni"),
-                        path=f"random-weights:{cfg.size}")
+        return Backbone(model=model, processor=processor, family=family, path=f"random-weights:{cfg.size}")
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cfg.output_dir) as folder:
         model.save_pretrained(folder)
@@ -117,7 +86,7 @@ def _backbone(cfg: DictConfig, device: torch.device):
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        return load_backbone("qwen2_5_omni", folder, dtype=str(dtype).removeprefix("torch."),
+        return load_backbone(found.family, folder, dtype=str(dtype).removeprefix("torch."),
                              attn_implementation=cfg.attn_implementation,
                              quantization=cfg.quantization)
 
@@ -241,14 +210,14 @@ def _report(cfg: DictConfig, result: dict) -> list[str]:
     rows = result["scenarios"]
     base = "4-bit NF4 base, bf16 compute" if cfg.quantization else rows[0]["dtype"]
     packed = " (4-bit weights counted as stored: two per parameter)" if cfg.quantization else ""
-    shape = ("All-NLI-shaped items (`lco/bench/lengths.py`) in the paper's prompt and Qwen's chat template"
+    items = ("All-NLI-shaped items (`lco/bench/lengths.py`) in the paper's prompt and Qwen's chat template"
              if cfg.lengths == "allnli" else f"{cfg.seq_len} random tokens per item")
     lines = [f"# lco GPU benchmark ({result['when']}, {result['device']}, torch {result['torch']}, transformers "
              f"{result['transformers']}, peft {result['peft']})", "",
-             f"Qwen2.5-Omni thinker `{cfg.size}` from published shapes, random weights ({base}); "
+             f"`{cfg.size}` (family `{shape(cfg.size).family}`) from published shapes, random weights ({base}); "
              f"LoRA r={cfg.method.r}; attention `{cfg.attn_implementation}`; gradient checkpointing "
              f"`{cfg.gradient_checkpointing}` (auto: on, off under GradCache); regional torch.compile "
-             f"`{cfg.compile}`; {shape}, 3 items per triplet; "
+             f"`{cfg.compile}`; {items}, 3 items per triplet; "
              f"{rows[0]['parameters']:,} parameters{packed}, {rows[0]['trainable']:,} trainable. "
              f"Command: `python -m lco.bench.gpu {' '.join(_overrides(cfg))}`. MFU counts real (unpadded) tokens "
              f"only; GPU-hours: the paper's text run ({cfg.paper_triplets:,} triplets) at this rate on one device.",
@@ -280,8 +249,8 @@ def _overrides(cfg: DictConfig) -> list[str]:
 
 def run(cfg: DictConfig) -> dict:
     check_config(cfg)
-    if cfg.size not in SIZES and cfg.size != "dry_run":
-        raise ConfigError(f"size={cfg.size!r}: choose one of {sorted(SIZES)} or dry_run (tiny, CPU).")
+    shape(cfg.size)  # refuses an unknown size
+    dry = cfg.size in DRY_RUNS
     if (problem := quantization.invalid_value(cfg.quantization)) is not None:
         raise ConfigError(problem.replace(quantization.KEY, "quantization"))
     if cfg.global_batch is not None and cfg.global_batch % cfg.per_device_batch:
@@ -294,9 +263,10 @@ def run(cfg: DictConfig) -> dict:
     if not cfg.pack or any(p not in (True, False) for p in cfg.pack):
         raise ConfigError(f"pack={list(cfg.pack) if cfg.pack else cfg.pack!r}: give a list of true/false, e.g. "
                           "[false, true] (padded, then packed text passes).")
-    device = torch.device("cuda" if torch.cuda.is_available() and cfg.size != "dry_run" else "cpu")
-    if device.type == "cpu" and cfg.size != "dry_run":
-        raise ConfigError(f"size={cfg.size} needs a CUDA GPU (none visible); use size=dry_run to check the script.")
+    device = torch.device("cuda" if torch.cuda.is_available() and not dry else "cpu")
+    if device.type == "cpu" and not dry:
+        raise ConfigError(f"size={cfg.size} needs a CUDA GPU (none visible); use size=dry_run (or "
+                          f"{', '.join(k for k in DRY_RUNS if k != 'dry_run')}) to check the script.")
     if (problem := quantization.environment_problem(cfg.quantization)) is not None:
         raise ConfigError(problem.replace(quantization.KEY, "quantization"))
     if not cfg.share_prefix or any(p not in (True, False) for p in cfg.share_prefix):

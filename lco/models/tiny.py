@@ -102,9 +102,15 @@ def _chat_template(flavour: str) -> str:
 
 def build_config(name: str):
     """The transformers config of tiny twin ``name`` (a dict of sizes in ``TINY_SPECS``)."""
+    family, _, spec = TINY_SPECS[name]
+    return config_for(family, spec)
+
+
+def config_for(family: str, spec: dict):
+    """The transformers config of a ``family`` model with ``spec``'s sizes (``text``, ``vision``, ``audio`` kwargs):
+    the tiny twins' and the GPU bench's published shapes (``lco/bench/shapes.py``)."""
     import transformers
 
-    family, _, spec = TINY_SPECS[name]
     if family == "qwen2":
         return transformers.Qwen2Config(**spec["text"])
     if family == "qwen2_5_vl":
@@ -118,7 +124,8 @@ def build_config(name: str):
                                                       video_token_id=151656, vision_start_token_id=151652)
     if family in ("qwen3_vl", "qwen3_vl_moe"):
         config_class = transformers.Qwen3VLConfig if family == "qwen3_vl" else transformers.Qwen3VLMoeConfig
-        return config_class(text_config=spec["text"], vision_config=spec["vision"], tie_word_embeddings=True)
+        tied = spec["text"].get("tie_word_embeddings", True)
+        return config_class(text_config=spec["text"], vision_config=spec["vision"], tie_word_embeddings=tied)
     return transformers.Qwen2_5OmniThinkerConfig(text_config=spec["text"], vision_config=spec["vision"],
                                                  audio_config=spec["audio"], vision_start_token_id=151652)
 
