@@ -16,6 +16,7 @@ CPU = torch.device("cpu")
 def _cfg(tmp_path, extra=()):
     return compose_train(tmp_path / "run", ["peers.batch_size=8", "peers.steps=2", "peers.warmup=1", "peers.rounds=1",
                                             "peers.chunk=4", "peers.encode_items=24", "peers.encode_batch=8",
+                                            "peers.encode_rounds=1",
                                             f"output_dir={tmp_path}", *extra], config_name="bench")
 
 

@@ -329,7 +329,7 @@ def part_d(cfg: DictConfig, device: torch.device) -> tuple[dict, list[str]]:
     calls = [("lco", lambda: embedder.encode(items, p.encode_batch)),
              ("st", lambda: torch.as_tensor(st.encode(prompts, batch_size=p.encode_batch, show_progress_bar=False)))]
     rounds, outputs = [], {}
-    for i in range(p.rounds):
+    for i in range(p.encode_rounds):
         row = {}
         for name, call in calls if i % 2 == 0 else calls[::-1]:  # alternate who goes first
             _sync(device)
