@@ -3,10 +3,13 @@
 Real checkpoints load through ``AutoProcessor`` exactly as users expect. transformers 5 refuses to build the
 Qwen VL/Omni processors when torchvision is absent (their video processor needs it); lco then assembles the
 *same* processor class from the checkpoint's own tokenizer, PIL image processor and audio feature extractor,
-with ``FramesVideoProcessor`` (numpy/PIL) in the video slot. Text and image processing are identical.
+with ``FramesVideoProcessor`` (numpy/PIL) in the video slot, without trying ``AutoProcessor`` first (it would
+parse the tokenizer's ~11 MB ``tokenizer.json``, ~1 s, before refusing). Text and image processing are identical.
 """
 
 from __future__ import annotations
+
+import importlib.util
 
 from transformers import AutoProcessor, AutoTokenizer, processing_utils
 from transformers.video_processing_utils import VideoProcessorMixin
@@ -97,7 +100,8 @@ def assemble_processor(processor_class: str, tokenizer, image_processor=None, fe
         return tokenizer
     _allow_video_mixin()
     cls = getattr(transformers, processor_class)
-    parts = {"image_processor": image_processor, "tokenizer": tokenizer, "video_processor": video_processor or FramesVideoProcessor()}
+    parts = {"image_processor": image_processor, "tokenizer": tokenizer,
+             "video_processor": video_processor or FramesVideoProcessor()}
     if feature_extractor is not None:
         parts["feature_extractor"] = feature_extractor
     return cls(**parts, chat_template=chat_template or tokenizer.chat_template)
@@ -107,6 +111,8 @@ def load_processor(path: str, processor_class: str, feature_extractor_class: str
     """Load the processor (or tokenizer, for text-only families) saved at ``path`` (folder or hub id)."""
     if processor_class == "tokenizer":
         return AutoTokenizer.from_pretrained(path, padding_side="left", **hub_kwargs)
+    if importlib.util.find_spec("torchvision") is None:  # AutoProcessor would parse the ~11 MB tokenizer.json
+        return assemble_from(path, processor_class, feature_extractor_class, **hub_kwargs)  # and then refuse
     try:
         return AutoProcessor.from_pretrained(path, **hub_kwargs)
     except (ImportError, ValueError) as err:
