@@ -212,9 +212,8 @@ def _prefix_problems(cfg: DictConfig) -> list[str]:
 def _family_problems(cfg: DictConfig) -> list[str]:
     """``method.experts=true`` (LoRA on MoE expert weights) on a family whose decoder has no routed experts, or with
     LoRA dropout (peft's parameter LoRA has none)."""
-    from lco.models.families import FAMILIES
-
     from lco.methods.lora import EXPERTS_DROPOUT
+    from lco.models.families import FAMILIES
 
     family = OmegaConf.select(cfg, "model.family", default=None, throw_on_missing=False)
     if OmegaConf.select(cfg, "method.experts", default=None, throw_on_missing=False) is not True:

@@ -39,6 +39,15 @@ def compose_train(tmp_path, overrides: list[str] = (), config_name: str = "train
     return cfg
 
 
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    """(folder, relative names per kind) of ``tests/media_fixtures.write_media``: images, audio clips, videos."""
+    from tests.media_fixtures import write_media
+
+    root = tmp_path_factory.mktemp("media")
+    return root, write_media(root)
+
+
 @pytest.fixture
 def tiny_backbone():
     from lco.models.backbone import load_backbone

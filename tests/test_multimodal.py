@@ -10,7 +10,7 @@ from lco.errors import ConfigError, RecordError
 from lco.losses import InfoNCE
 from lco.methods.lora import LoRA
 from lco.models.embedder import Embedder
-from tests.media_fixtures import SCENES, caption, write_jsonl, write_media
+from tests.media_fixtures import SCENES, caption, write_jsonl
 
 COMBINATIONS = {
     "text": lambda m, i: {"text": caption(SCENES[i])},
@@ -19,12 +19,6 @@ COMBINATIONS = {
     "audio": lambda m, i: {"text": "", "audio_path": m["audio"][i]},
     "video": lambda m, i: {"text": "", "video_path": m["video"][i]},
 }
-
-
-@pytest.fixture(scope="module")
-def media(tmp_path_factory):
-    root = tmp_path_factory.mktemp("media")
-    return root, write_media(root)
 
 
 @pytest.fixture(scope="module")

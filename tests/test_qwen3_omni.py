@@ -21,17 +21,11 @@ from lco.methods.lora import LoRA
 from lco.models.backbone import load_backbone
 from lco.models.embedder import Embedder
 from lco.step.pack_media import pack_media
-from tests.media_fixtures import SCENES, caption, write_jsonl, write_media
+from tests.media_fixtures import SCENES, caption, write_jsonl
 from tests.test_packing import _relative
 from tests.test_qwen3 import picture
 
 NAME, FAMILY = "tiny_qwen3_omni", "qwen3_omni"
-
-
-@pytest.fixture(scope="module")
-def media(tmp_path_factory):
-    root = tmp_path_factory.mktemp("media")
-    return root, write_media(root)
 
 
 @pytest.fixture(scope="module")

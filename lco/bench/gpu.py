@@ -46,10 +46,10 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from lco.bench.shapes import DRY_RUNS, model_config, model_flops_per_token, shape
 from lco.cli import entry
 from lco.config import check_config
 from lco.errors import ConfigError
-from lco.bench.shapes import DRY_RUNS, model_config, model_flops_per_token, shape
 from lco.models import quantization
 
 # dense bf16 TFLOP/s per device, matched against the device name in this order (more specific names first)

@@ -48,14 +48,17 @@ class LoRA(Method):
         self.experts = experts
         self.modules_to_save: list[str] | None = None  # whole modules trained and saved beside the adapter
 
-    def target_regex(self, lm_prefix: str) -> str:
+    def _layer_regex(self, lm_prefix: str) -> str:
+        """The chosen decoder layers' path, ``<lm_prefix>.layers.(N|...)``."""
         layer = r"\d+" if self.layers is None else "|".join(str(i) for i in self.layers)
-        return rf"{re.escape(lm_prefix)}\.layers\.({layer})\.(self_attn|mlp)\.({'|'.join(self.targets)})"
+        return rf"{re.escape(lm_prefix)}\.layers\.({layer})"
+
+    def target_regex(self, lm_prefix: str) -> str:
+        return rf"{self._layer_regex(lm_prefix)}\.(self_attn|mlp)\.({'|'.join(self.targets)})"
 
     def expert_parameters(self, model: torch.nn.Module, lm_prefix: str) -> list[str]:
         """Full names of the decoder's fused MoE expert weights in the chosen layers (none in a dense decoder)."""
-        layer = r"\d+" if self.layers is None else "|".join(str(i) for i in self.layers)
-        pattern = re.compile(rf"{re.escape(lm_prefix)}\.layers\.({layer})\.mlp\.experts\.(gate_up_proj|down_proj)")
+        pattern = re.compile(rf"{self._layer_regex(lm_prefix)}\.mlp\.experts\.(gate_up_proj|down_proj)")
         return [name for name, _ in model.named_parameters() if pattern.fullmatch(name)]
 
     def apply(self, embedder) -> None:

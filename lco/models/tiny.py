@@ -35,6 +35,7 @@ _QWEN3_TEXT = dict(vocab_size=151936, hidden_size=64, intermediate_size=128, num
                    num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=4096,
                    rms_norm_eps=1e-6, pad_token_id=151643, rope_parameters={"rope_type": "default", "rope_theta": 5e6,
                                                          "mrope_section": [2, 3, 3], "mrope_interleaved": True})
+_QWEN3_MOE = dict(moe_intermediate_size=32, num_experts=4, num_experts_per_tok=2)  # 4 fused experts, 2 per token
 _QWEN3_VISION = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=16,
                      spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=256,
                      deepstack_visual_indexes=[0])
@@ -55,13 +56,12 @@ TINY_SPECS: dict[str, tuple[str, str, dict]] = {
     "tiny_qwen3_vl": ("qwen3_vl", "qwen3", {"text": _QWEN3_TEXT, "vision": _QWEN3_VISION}),
     # Qwen3-VL MoE: layer 0 routes 4 experts with fused weights (2 per token), layer 1 keeps a dense MLP
     "tiny_qwen3_vl_moe": ("qwen3_vl_moe", "qwen3", {
-        "text": {**_QWEN3_TEXT, "moe_intermediate_size": 32, "num_experts": 4, "num_experts_per_tok": 2,
-                 "mlp_only_layers": [1]},
+        "text": {**_QWEN3_TEXT, **_QWEN3_MOE, "mlp_only_layers": [1]},
         "vision": _QWEN3_VISION}),
     # Qwen3-Omni's thinker: every decoder layer routed (as the published 30B-A3B), Qwen3-VL's vision tower and
     # Qwen3-Omni's audio encoder (convolutional downsampling before its transformer, 50-frame windows)
     "tiny_qwen3_omni": ("qwen3_omni", "qwen3_omni", {
-        "text": {**_QWEN3_TEXT, "moe_intermediate_size": 32, "num_experts": 4, "num_experts_per_tok": 2},
+        "text": {**_QWEN3_TEXT, **_QWEN3_MOE},
         "vision": _QWEN3_VISION,
         "audio": dict(encoder_layers=2, d_model=32, encoder_attention_heads=2, encoder_ffn_dim=64, output_dim=64,
                       num_mel_bins=128, max_source_positions=1500, n_window=50, downsample_hidden_size=16)}),
