@@ -211,14 +211,19 @@ def _prefix_problems(cfg: DictConfig) -> list[str]:
 
 def _family_problems(cfg: DictConfig) -> list[str]:
     """``method.experts=true`` (LoRA on MoE expert weights) on a family whose decoder has no routed experts, or with
-    LoRA dropout (peft's parameter LoRA has none)."""
+    LoRA dropout (peft's parameter LoRA has none); packing or a shared prefix on a linear-attention decoder."""
     from lco.methods.lora import EXPERTS_DROPOUT
     from lco.models.families import FAMILIES
 
+    from lco.step import recurrent_problems
+
     family = OmegaConf.select(cfg, "model.family", default=None, throw_on_missing=False)
-    if OmegaConf.select(cfg, "method.experts", default=None, throw_on_missing=False) is not True:
-        return []
     problems = []
+    if family in FAMILIES and FAMILIES[family].recurrent:
+        problems.extend(recurrent_problems(family, OmegaConf.select(cfg, "step.pack", default=None),
+                                           OmegaConf.select(cfg, "step.share_prefix", default=None)))
+    if OmegaConf.select(cfg, "method.experts", default=None, throw_on_missing=False) is not True:
+        return problems
     if family in FAMILIES and not FAMILIES[family].moe:
         moe = ", ".join(name for name, f in FAMILIES.items() if f.moe)
         problems.append(f"method.experts=true adds LoRA on routed MoE experts, but model.family={family} has a "

@@ -80,7 +80,7 @@ class ContrastiveModule(pl.LightningModule):
     def prepare(self, cuda: bool) -> None:
         """Settings that depend on the device: the step's ``pack=auto``, activation checkpointing, compilation.
         Lightning's ``setup`` calls it; the GPU bench, which runs without a Trainer, too."""
-        self.step.setup("cuda" if cuda else "cpu")
+        self.step.setup("cuda" if cuda else "cpu", self.embedder.family)
         if checkpointing(self.gradient_checkpointing, cuda, self.step.caches, self.step.share_prefix):
             self.embedder.model.activation_checkpointing_enable(
                 activation_checkpointing_kwargs={"use_reentrant": False})

@@ -22,7 +22,8 @@ from lco.cli import CONF_DIR  # noqa: E402
 
 torch.set_num_threads(1)
 TINY_FAMILIES = {"tiny_text": "qwen2", "tiny_vl": "qwen2_5_vl", "tiny_omni": "qwen2_5_omni",
-                 "tiny_qwen3_vl": "qwen3_vl", "tiny_qwen3_vl_moe": "qwen3_vl_moe", "tiny_qwen3_omni": "qwen3_omni"}
+                 "tiny_qwen3_vl": "qwen3_vl", "tiny_qwen3_vl_moe": "qwen3_vl_moe", "tiny_qwen3_omni": "qwen3_omni",
+                 "tiny_qwen3_5": "qwen3_5", "tiny_qwen3_5_moe": "qwen3_5_moe"}
 
 
 def compose_train(tmp_path, overrides: list[str] = (), config_name: str = "train"):

@@ -109,7 +109,8 @@ def deviation(a, b) -> float:
 
 @pytest.mark.parametrize("name, method", [("tiny_text", "lora"), ("tiny_text", "full"), ("tiny_text", "linear_probe"),
                                           ("tiny_omni", "lora"), ("tiny_qwen3_vl", "lora"),
-                                          ("tiny_qwen3_vl_moe", "lora"), ("tiny_qwen3_omni", "lora")])
+                                          ("tiny_qwen3_vl_moe", "lora"), ("tiny_qwen3_omni", "lora"),
+                                          ("tiny_qwen3_5", "lora"), ("tiny_qwen3_5_moe", "lora")])
 def test_export_embeds_as_the_checkpoint(tmp_path, checkpoints, plain_processors, name, method):
     from sentence_transformers import SentenceTransformer
 

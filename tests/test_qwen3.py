@@ -70,11 +70,17 @@ def test_embeddings_equal_a_plain_transformers_forward(twin):
         layers = embedder.backbone.model.model.language_model.layers
         assert [type(layer.mlp).__name__ for layer in layers] == ["Qwen3VLMoeTextSparseMoeBlock",
                                                                   "Qwen3VLMoeTextMLP"]
-    batch = embedder.preprocessor(ITEMS)
+    assert_each_alone_equals_the_batch(embedder, ITEMS)
+
+
+def assert_each_alone_equals_the_batch(embedder, items) -> None:
+    """lco's left-padded batch of ``items`` (text and image) equals each item's prompt alone through the headless
+    transformers model (no lco code past the processor): the final-norm state of its last token, normalised."""
+    batch = embedder.preprocessor(items)
     assert batch["attention_mask"][:, 0].min() == 0  # padded: the batch is not a trivial one
     with torch.no_grad():
         ours = embedder(batch)
-        for row, item in enumerate(ITEMS):
+        for row, item in enumerate(items):
             alone = embedder.backbone.processor(text=embedder.preprocessor.prompts([item]),
                                                 images=[item["image"]] if "image" in item else None,
                                                 return_tensors="pt")

@@ -72,7 +72,7 @@ class PlainLoop:
         method.apply(embedder)
         self.embedder, self.loss_fn, self.device = embedder.to(device).train(), loss_fn.to(device), device
         self.shared_step = step  # the Step ContrastiveModule calls: plan, forward passes, loss
-        step.setup(device.type)
+        step.setup(device.type, embedder.family)
         params = [p for p in embedder.parameters() if p.requires_grad] + [p for p in loss_fn.parameters()
                                                                               if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr)

@@ -120,14 +120,14 @@ def st_model(cfg: DictConfig, device: torch.device):
 
 def add_lora(st, method, lm_prefix: str, init: dict[str, torch.Tensor] | None = None) -> None:
     """lco's LoRA (same targets, r, alpha, dropout) on ST's AutoModel, optionally with lco's initial tensors.
-    ST's AutoModel is the headless decoder, so lco's target regex loses its ``lm_prefix.`` head.
+    ST's AutoModel is the headless decoder, so lco's target regex loses its ``lm_prefix.`` heads.
 
     peft's ``inject_adapter_in_model`` is what ST's ``add_adapter`` calls through transformers' PEFT integration,
     minus that integration's peft version gate (transformers 5.24 asks for peft >= 0.22, which no index had on
     2026-11-30): the same LoRA modules and parameter names, base frozen, adapters trainable."""
     from peft import LoraConfig, inject_adapter_in_model
 
-    regex = method.target_regex(lm_prefix).removeprefix(re.escape(lm_prefix) + r"\.")
+    regex = method.target_regex(lm_prefix).replace(re.escape(lm_prefix) + r"\.", "")
     inject_adapter_in_model(LoraConfig(r=method.r, lora_alpha=method.alpha, lora_dropout=method.dropout,
                                        bias="none", target_modules=regex), st[0].auto_model)
     if init is not None:

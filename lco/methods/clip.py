@@ -9,7 +9,7 @@ the LoRA weights plus the trained vision tower (peft ``modules_to_save``). A 4-b
 from __future__ import annotations
 
 from lco.errors import ConfigError
-from lco.methods.lora import REFERENCE_TARGETS, LoRA
+from lco.methods.lora import LINEAR_TARGETS, REFERENCE_TARGETS, LoRA
 from lco.models.quantization import reject_quantized
 
 
@@ -18,8 +18,8 @@ class ClipStyle(LoRA):
 
     def __init__(self, r: int = 64, alpha: int = 128, dropout: float = 0.05,
                  targets: tuple[str, ...] | list[str] = REFERENCE_TARGETS, layers: list[int] | None = None,
-                 train_vision: bool = True):
-        super().__init__(r, alpha, dropout, targets, layers)
+                 train_vision: bool = True, linear_targets: tuple[str, ...] | list[str] = LINEAR_TARGETS):
+        super().__init__(r, alpha, dropout, targets, layers, linear_targets=linear_targets)
         self.train_vision = train_vision
 
     @property

@@ -7,7 +7,9 @@ MoE decoders (Qwen3-VL MoE, Qwen3-Omni's thinker) keep their routed experts as f
 ``nn.Linear`` modules, so the targets reach attention (and dense or shared-expert MLPs where a layer has them);
 ``experts=true`` adds LoRA on each layer's ``mlp.experts.gate_up_proj`` and ``down_proj`` through peft's
 ``target_parameters``: each expert gets its own low-rank update, and peft allows no LoRA dropout there
-(``dropout`` must be 0). Routers stay frozen.
+(``dropout`` must be 0). Routers stay frozen; a shared expert (Qwen3.5 MoE: ``mlp.shared_expert.*``) takes the
+MLP ``targets`` like a dense MLP. Decoders with linear-attention layers (Qwen3.5's Gated DeltaNet,
+``linear_attn``) get LoRA on the projections named in ``linear_targets`` there.
 On a 4-bit base (``model.quantization=nf4``, QLoRA) peft wraps the bitsandbytes layers itself; peft's
 ``prepare_model_for_kbit_training`` is deliberately not called (why: ``lco/models/quantization.py``).
 """
@@ -27,6 +29,8 @@ from lco.methods.base import Method
 EXPERTS_DROPOUT = ("method.experts=true with method.dropout={dropout}: peft's LoRA on parameters (the MoE experts' "
                    "fused weights) takes no dropout. Set method.dropout=0, or method.experts=false.")
 REFERENCE_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# Gated DeltaNet's projections (Qwen3.5): fused q/k/v in, output gate, out; not the per-head decay / beta gates
+LINEAR_TARGETS = ("in_proj_qkv", "in_proj_z", "out_proj")
 
 
 class LoRA(Method):
@@ -34,7 +38,7 @@ class LoRA(Method):
 
     def __init__(self, r: int = 64, alpha: int = 128, dropout: float = 0.05,
                  targets: tuple[str, ...] | list[str] = REFERENCE_TARGETS, layers: list[int] | None = None,
-                 experts: bool = False):
+                 experts: bool = False, linear_targets: tuple[str, ...] | list[str] = LINEAR_TARGETS):
         if r <= 0:
             raise ConfigError(f"method.r must be a positive integer, got {r}")
         if experts not in (True, False):
@@ -43,7 +47,7 @@ class LoRA(Method):
         if experts and dropout:
             raise ConfigError(EXPERTS_DROPOUT.format(dropout=dropout))
         self.r, self.alpha, self.dropout = r, alpha, dropout
-        self.targets = tuple(targets)
+        self.targets, self.linear_targets = tuple(targets), tuple(linear_targets)
         self.layers = layers
         self.experts = experts
         self.modules_to_save: list[str] | None = None  # whole modules trained and saved beside the adapter
@@ -54,7 +58,12 @@ class LoRA(Method):
         return rf"{re.escape(lm_prefix)}\.layers\.({layer})"
 
     def target_regex(self, lm_prefix: str) -> str:
-        return rf"{self._layer_regex(lm_prefix)}\.(self_attn|mlp)\.({'|'.join(self.targets)})"
+        """Full names of the adapted modules: ``targets`` under attention and (shared-expert) MLPs, and
+        ``linear_targets`` under linear attention, in the chosen decoder layers."""
+        regex = rf"{self._layer_regex(lm_prefix)}\.(self_attn|mlp|mlp\.shared_expert)\.({'|'.join(self.targets)})"
+        if self.linear_targets:
+            regex += rf"|{self._layer_regex(lm_prefix)}\.linear_attn\.({'|'.join(self.linear_targets)})"
+        return regex
 
     def expert_parameters(self, model: torch.nn.Module, lm_prefix: str) -> list[str]:
         """Full names of the decoder's fused MoE expert weights in the chosen layers (none in a dense decoder)."""

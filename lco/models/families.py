@@ -24,6 +24,8 @@ class Family:
     config_key: str | None = None  # sub-config to use from a composite checkpoint config (Omni's thinker)
     mrope: bool = False  # multimodal rotary positions: position_ids [4, N, T] (text, temporal, height, width)
     moe: bool = False  # routed experts with fused weights in the decoder's MLPs (LoRA's ``experts`` option)
+    # linear-attention (recurrent) decoder layers: items cannot share a packed row or a cached prefix
+    recurrent: bool = False
 
 
 FAMILIES: dict[str, Family] = {
@@ -46,6 +48,15 @@ FAMILIES: dict[str, Family] = {
     "qwen3_omni": Family("qwen3_omni", "Qwen3OmniMoeThinkerForConditionalGeneration", "model.language_model",
                          ("model.visual", "model.audio_tower"), ("text", "image", "audio"), "Qwen3OmniMoeProcessor",
                          "WhisperFeatureExtractor", config_key="thinker_config", mrope=True, moe=True),
+    # Qwen3.5 (dense; MoE: routed experts beside a shared expert): 3 of every 4 decoder layers are Gated DeltaNet
+    # linear attention (``linear_attn``), a causal convolution and a recurrence over the row. Left padding is zeroed
+    # before both, so padded batches are exact; packed rows and a shared prefix are refused (config.py). Video as
+    # for Qwen3-VL
+    "qwen3_5": Family("qwen3_5", "Qwen3_5ForConditionalGeneration", "model.language_model", ("model.visual",),
+                      ("text", "image"), "Qwen3VLProcessor", mrope=True, recurrent=True),
+    "qwen3_5_moe": Family("qwen3_5_moe", "Qwen3_5MoeForConditionalGeneration", "model.language_model",
+                          ("model.visual",), ("text", "image"), "Qwen3VLProcessor", mrope=True, moe=True,
+                          recurrent=True),
     "qwen2_5_omni": Family("qwen2_5_omni", "Qwen2_5OmniThinkerForConditionalGeneration", "model.language_model",
                            ("model.visual", "model.audio_tower"), ("text", "image", "video", "audio"),
                            "Qwen2_5OmniProcessor", "WhisperFeatureExtractor", config_key="thinker_config",

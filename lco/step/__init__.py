@@ -78,8 +78,16 @@ class Step:
         self.pack, self.pack_tokens = pack, pack_tokens
         self.packs = pack is True  # resolved for ``auto`` by ``setup``
 
-    def setup(self, device_type: str) -> None:
-        """Resolve ``pack=auto`` for the device the step runs on (``cuda``, ``cpu``...)."""
+    def setup(self, device_type: str, family=None) -> None:
+        """Resolve ``pack=auto`` for the device the step runs on (``cuda``, ``cpu``...) and the model ``family``
+        (``lco.models.families.Family``): a decoder with linear-attention layers (``recurrent``) never packs,
+        and refuses ``pack=true`` / ``share_prefix=true`` (``check_config`` says so before anything loads)."""
+        if family is not None and family.recurrent:
+            problems = recurrent_problems(family.name, self.pack, self.share_prefix)
+            if problems:
+                raise ConfigError(" ".join(problems))
+            self.packs = False
+            return
         self.packs = self.pack is True or (self.pack == "auto" and device_type == "cuda")
 
     @property
@@ -179,3 +187,20 @@ class Step:
         return (f"Step(fuse_max_padding={self.fuse_max_padding}, cache_chunk={self.cache_chunk}, cache_tokens="
                 f"{self.cache_tokens}, pack={self.pack}, pack_tokens={self.pack_tokens}, "
                 f"share_prefix={self.share_prefix})")
+
+
+def recurrent_problems(family: str, pack, share_prefix) -> list[str]:
+    """Why ``step.pack`` / ``step.share_prefix`` cannot run on ``family``'s linear-attention (Gated DeltaNet) layers:
+    their causal convolution and recurrence run along the whole row, so items packed end to end would read each
+    other (transformers' PyTorch path ignores the packed items' boundaries), and a prefix computed once would need
+    its recurrent and convolution states handed to every row, which lco's prefix (keys and values) does not do."""
+    problems = []
+    if pack is True:
+        problems.append(f"step.pack=true cannot run on model.family={family}: its linear-attention layers carry a "
+                        "convolution and a recurrence along the row, so packed items would leak into each other. "
+                        "Set step.pack=false or auto (auto never packs this family).")
+    if share_prefix is True:
+        problems.append(f"step.share_prefix=true cannot run on model.family={family}: its linear-attention layers "
+                        "would need the prefix's recurrent state, not only keys and values. Set "
+                        "step.share_prefix=false.")
+    return problems
