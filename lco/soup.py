@@ -12,6 +12,9 @@ first input's processor files, and its card plus a ``soup`` entry: inputs, given
 Exactness. Adapter i adds ``s_i * B_i @ A_i`` to each weight, ``s_i = lora_alpha_i / r_i`` (``/ sqrt(r_i)`` with
 rsLoRA). The soup stacks the ranks: ``A = cat_i(w_i * s_i * A_i)`` (rows), ``B = cat_i(B_i)`` (columns), with
 ``r = lora_alpha = sum_i r_i`` (scaling 1), so ``B @ A = sum_i w_i * s_i * B_i @ A_i`` exactly, whatever the ranks.
+LoRA on an MoE layer's fused expert weights (``method.experts=true``, peft ``target_parameters``) keeps one
+rank-``r`` update per expert in one A [E*r, in] (expert-major rows) and one B [out, r*E] (rank-major columns);
+the soup stacks the ranks inside each expert, so every expert's delta is the same exact mean.
 This is what peft's ``add_weighted_adapter(combination_type="cat")`` builds (it multiplies each A by its weight and
 its layer's scaling and sets ``lora_alpha = r``; tests check both agree); ``"linear"`` is not exact (it scales A
 and B by ``sqrt(w * s)`` and sums them separately: cross terms ``B_i @ A_j``). It is done here on the saved tensors
@@ -59,6 +62,7 @@ class Ingredient:
     card: dict
     config: dict  # adapter_config.json
     tensors: dict[str, torch.Tensor]  # "<module>.A" / "<module>.B", module named as in the base model
+    experts: dict[str, int]  # module -> experts sharing its A/B (1: a linear layer; E: fused MoE expert weights)
 
     @property
     def scale(self) -> float:
@@ -118,13 +122,17 @@ def read_ingredient(folder: Path) -> Ingredient:
         tensors[f"{match[1]}.{match[2]}"] = value
     if not tensors:
         raise ConfigError(f"adapter {folder}: {WEIGHTS} holds no LoRA weights; {FIX}.")
-    ingredient = Ingredient(folder, card, config, tensors)
+    ingredient = Ingredient(folder, card, config, tensors, {})
     for module in ingredient.modules:
         a, b = tensors.get(f"{module}.A"), tensors.get(f"{module}.B")
-        if a is None or b is None or a.dim() != 2 or b.dim() != 2 or a.shape[0] != r or b.shape[1] != r:
+        experts = a.shape[0] // r if a is not None and a.dim() == 2 and a.shape[0] % r == 0 else 0
+        if not config.get("target_parameters") or ".experts" not in module:  # one linear layer, rank r
+            experts = min(experts, 1)
+        if not experts or b is None or b.dim() != 2 or b.shape[1] != r * experts:
             shapes = [tuple(t.shape) if t is not None else None for t in (a, b)]
             raise ConfigError(f"adapter {folder}: {WEIGHTS} has LoRA A/B shapes {shapes} at {module}, which do not "
                               f"fit r={r} in {CONFIG}; the files do not belong together. Copy both again.")
+        ingredient.experts[module] = experts
     return ingredient
 
 
@@ -154,12 +162,19 @@ def read_ingredients(folders: list[Path]) -> list[Ingredient]:
 
 
 def check_base(model: torch.nn.Module, ingredients: list[Ingredient]) -> None:
-    """Every adapted module exists in the base model as a layer whose shape fits the LoRA A/B shapes."""
+    """Every adapted module exists in the base model as a layer whose shape fits the LoRA A/B shapes (MoE experts:
+    a fused weight of that module with E x out x in entries; peft names a module's second adapted parameter
+    ``<module>.base_layer``)."""
     layers = dict(model.named_modules())
     for ing in ingredients:
         for module in ing.modules:
             layer, (out_b, in_a) = layers.get(module), (ing.tensors[f"{module}.B"].shape[0], ing.tensors[f"{module}.A"].shape[1])
             shape = tuple(layer.weight.shape) if isinstance(layer, torch.nn.Linear) else None
+            experts = ing.experts[module]
+            if experts > 1:  # (E, out, in) in some order: match the entry count of one of the module's 3-D weights
+                owner = layers.get(re.sub(r"(\.base_layer)+$", "", module))
+                sizes = [p.numel() for p in owner.parameters(recurse=False) if p.dim() == 3] if owner else []
+                shape = (out_b, in_a) if experts * out_b * in_a in sizes else None
             if shape != (out_b, in_a):
                 raise ConfigError(f"adapter {ing.folder}: its LoRA at {module} is for a {out_b} x {in_a} layer, but "
                                   f"the base {ing.card['base_model']} has {shape or 'no such linear layer'} there: it "
@@ -196,9 +211,13 @@ def write_adapter(ingredients: list[Ingredient], weights: list[float], folder: P
     used = [(ing, w) for ing, w in zip(ingredients, weights) if w > 0]
     tensors = {}
     for module in used[0][0].modules:
-        key = f"base_model.model.{module}.lora_"
-        tensors[key + "A.weight"] = torch.cat([ing.tensors[f"{module}.A"].float() * (w * ing.scale) for ing, w in used])
-        tensors[key + "B.weight"] = torch.cat([ing.tensors[f"{module}.B"].float() for ing, _ in used], dim=1).contiguous()
+        key, experts = f"base_model.model.{module}.lora_", used[0][0].experts[module]
+        a = [ing.tensors[f"{module}.A"].float().reshape(experts, -1, ing.tensors[f"{module}.A"].shape[1])
+             * (w * ing.scale) for ing, w in used]  # (experts, r_i, in)
+        b = [ing.tensors[f"{module}.B"].float().reshape(ing.tensors[f"{module}.B"].shape[0], -1, experts)
+             for ing, _ in used]  # (out, r_i, experts)
+        tensors[key + "A.weight"] = torch.cat(a, dim=1).flatten(0, 1).contiguous()
+        tensors[key + "B.weight"] = torch.cat(b, dim=1).flatten(1, 2).contiguous()
     rank = sum(ing.config["r"] for ing, _ in used)
     config = {**used[0][0].config, "r": rank, "lora_alpha": rank, "use_rslora": False}
     folder.mkdir(parents=True, exist_ok=True)

@@ -75,12 +75,12 @@ def test_wrong_labels_would_be_caught():
 
 
 def _train_one_step(tmp_path, trainer: str, batch_size: int, extra: tuple[str, ...] = (), steps: int = 1,
-                    output: list[str] | None = None) -> dict:
+                    output: list[str] | None = None, model: str = "tiny_omni") -> dict:
     """``steps`` SGD steps (lr 1, no dropout) through `python -m lco.train`; returns the adapter tensors (and
     appends the run's console output to ``output`` if given)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
     proc = subprocess.run([
-        sys.executable, "-m", "lco.train", f"trainer={trainer}", "model=tiny_omni", "logger=csv",
+        sys.executable, "-m", "lco.train", f"trainer={trainer}", f"model={model}", "logger=csv",
         "data.sources.scenes.n=80", f"data.batch_size={batch_size}", "method.dropout=0.0",
         "optim.optimizer._target_=torch.optim.SGD", "~optim.optimizer.betas", "optim.optimizer.lr=1.0",
         "optim.scheduler.warmup_steps=0", f"trainer.max_steps={steps}", "validate_before=false",
@@ -118,3 +118,16 @@ def test_gradcache_under_ddp_equals_single_process_without_cache(tmp_path, step)
     assert single.keys() == cached.keys()
     for key, value in single.items():
         assert float((cached[key] - value).abs().max()) <= 1e-4 * float(value.abs().max()), key
+
+
+def test_ddp_with_lora_on_moe_experts_equals_single_process(tmp_path):
+    """The Qwen3-VL MoE twin with ``method.experts=true`` on 2 gloo ranks: each rank routes its own tokens, so an
+    expert may see tokens on one rank only; its LoRA (one fused A/B for all experts) still gets a gradient on every
+    rank, DDP averages it, and after one step every weight equals one process fed the same 8 triplets."""
+    extra = ("method.experts=true",)
+    single = _train_one_step(tmp_path / "one", "cpu", 8, extra, model="tiny_qwen3_vl_moe")
+    ddp = _train_one_step(tmp_path / "two", "ddp_cpu", 4, extra, model="tiny_qwen3_vl_moe")
+    assert single.keys() == ddp.keys() and any(".mlp.experts.lora_B" in k for k in single)
+    assert all(float(single[k].abs().max()) > 0 for k in single if "lora_B" in k)  # every LoRA B moved
+    for key, value in single.items():
+        assert float((ddp[key] - value).abs().max()) <= 1e-5 * max(1.0, float(value.abs().max())), key

@@ -235,3 +235,41 @@ def test_cli_writes_the_soup_and_reports_bad_input(tmp_path, adapters):
     bad = cli(f"adapters=[{adapters['b']},{mismatched}]", f"out={tmp_path / 'soup2'}")
     assert bad.returncode == 2 and "lco: error:" in bad.stderr and str(mismatched) in bad.stderr, bad.stderr[-3000:]
     assert "Traceback" not in bad.stderr and not (tmp_path / "soup2").exists()
+
+
+def test_soup_of_moe_expert_adapters_is_the_mean_of_their_deltas(tmp_path):
+    """LoRA on the routed experts' fused weights (Qwen3-VL MoE twin, ``method.experts=true``; ranks 2 and 4): the
+    soup merged by peft moves every weight, experts included, by the weighted mean of what each input merged by
+    peft moves it (peft's own per-expert delta), and ``load_embedder`` serves it."""
+    moe = ("qwen3_vl_moe", "lco-tiny/tiny_qwen3_vl_moe")
+    folders = []
+    for seed, r, alpha in ((1, 2, 8), (2, 4, 4)):
+        embedder = Embedder(load_backbone(*moe, dtype="float32"))
+        method = LoRA(r=r, alpha=alpha, dropout=0.0, experts=True)
+        torch.manual_seed(seed)
+        method.apply(embedder)
+        with torch.no_grad():
+            for name, param in embedder.model.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(0, 0.05, generator=torch.Generator().manual_seed(seed + len(name)))
+        folders.append(save_embedder(embedder, method, tmp_path / f"moe{seed}"))
+    entry, out = soup(tmp_path, folders, "weights=[1,3]")
+    assert entry["ranks"] == [2, 4]
+
+    def merged(folder=None) -> dict[str, torch.Tensor]:
+        model = load_backbone(*moe, dtype="float32").model
+        if folder is not None:
+            model = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
+        return {k: v.double() for k, v in model.named_parameters()}
+
+    base, ours = merged(), merged(out)
+    inputs = [merged(f) for f in folders]
+    moved = {k for k in base if not torch.equal(inputs[0][k], base[k])}
+    assert {k.split(".layers.0.")[-1] for k in moved if "experts" in k} == {"mlp.experts.gate_up_proj",
+                                                                              "mlp.experts.down_proj"}
+    deviation = max(float((ours[k] - base[k] - 0.25 * (inputs[0][k] - base[k]) - 0.75 * (inputs[1][k] - base[k]))
+                          .abs().max()) for k in base)
+    print(f"MoE expert soup: largest deviation from the mean of peft's merged deltas {deviation:.1e}")
+    assert deviation < 1e-6, deviation
+    texts = load_embedder(out).encode(TEXTS)
+    assert texts.shape == (2, 64) and not torch.allclose(texts, load_embedder(folders[0]).encode(TEXTS), atol=1e-3)
