@@ -121,6 +121,7 @@ CHOICE_RULES = [
     ("step.pack", ("auto", True, False)),
     ("step.share_prefix", (True, False)),
     ("module.compile", (True, False)),
+    ("hub_private", (True, False)),  # lco.export: a public repo only when asked for in so many words
 ]
 
 

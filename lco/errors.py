@@ -36,5 +36,13 @@ class NonFiniteLoss(LcoError, RuntimeError):
     """Training met a NaN/Inf loss (past ``max_nonfinite_skips``) or weights; the message says what to do."""
 
 
+class HubUnavailable(LcoError, RuntimeError):
+    """A push to the Hugging Face hub cannot happen here (offline, unreachable, no token)."""
+
+
+class NonFiniteEmbeddings(LcoError, ValueError):
+    """Embeddings with NaN/Inf entries reached a metric; the message names the rows and what to check."""
+
+
 class DatasetsUnavailable(LcoError, RuntimeError):
     """The benchmark's datasets are neither cached nor downloadable."""

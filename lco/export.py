@@ -1,4 +1,5 @@
-"""``python -m lco.export checkpoint=<run>/adapter out=DIR [sentence_transformers=true] [overwrite=false]``.
+"""``python -m lco.export checkpoint=<run>/adapter out=DIR [sentence_transformers=true] [overwrite=false]
+[push_to_hub=org/name]``.
 
 In: the folder an lco run wrote (``<run>/adapter``, any method: a peft adapter for ``lora``, the same plus the trained
 vision tower (``modules_to_save``) for ``clip``, a whole model for ``full``, ``head.safetensors`` for
@@ -14,6 +15,8 @@ Transformer whose ``processing_kwargs`` call the chat template with ``embedding=
 [Dense], Normalize; the tokenizer pads on the left. Everything is written beside ``out`` and swapped in when
 complete (``lco.checkpointing.atomic_folder``). A checkpoint that is missing, incomplete or unreadable, a base it does not fit, or an ``out``
 that is not empty (without ``overwrite=true``) stops with one ``ConfigError`` before anything is written.
+``push_to_hub=org/name`` then uploads ``out`` to that model repo (created ``private`` by default; ``lco/hub.py``);
+a bad repo id, an unreachable hub or a missing token stop the command before the export starts.
 """
 
 from __future__ import annotations
@@ -249,12 +252,20 @@ def export(checkpoint: str | Path, out: str | Path, sentence_transformers: bool 
 
 
 def run(cfg: DictConfig) -> dict:
+    from lco.hub import check_push, push_folder
+
     check_config(cfg)
+    if cfg.push_to_hub:  # offline, unreachable or no token: stop before any work
+        check_push(cfg.push_to_hub)
     result = export(cfg.checkpoint, cfg.out, cfg.sentence_transformers, cfg.overwrite, cfg.dtype, cfg.verify)
     print(f"lco.export: {result['method']} checkpoint {cfg.checkpoint} -> {result['out']} ({result['dtype']}; "
           f"{', '.join(result['files'])})")
     if "max_deviation" in result:
         print(f"  reloaded with lco: largest embedding difference from the checkpoint {result['max_deviation']:.2e}")
+    if cfg.push_to_hub:
+        result["url"] = push_folder(result["out"], cfg.push_to_hub, cfg.hub_private,
+                                    f"lco.export of {Path(cfg.checkpoint).resolve().name} ({result['method']})")
+        print(f"  pushed to {result['url']}")
     return result
 
 

@@ -5,7 +5,8 @@ import csv
 import pytest
 import torch
 
-from lco.analysis.metrics import anisotropy, mutual_knn_alignment
+from lco.analysis.metrics import anisotropy, knn_sets, mutual_knn_alignment
+from lco.errors import NonFiniteEmbeddings
 from lco.analysis.retrieval import directional_recalls, recall_at
 from tests.conftest import compose_train
 
@@ -27,6 +28,28 @@ def test_mutual_knn_alignment_known_values():
     assert abs(mutual_knn_alignment(a, shuffled, k=10) - chance) < 0.02
     with pytest.raises(ValueError, match="same number of rows"):
         mutual_knn_alignment(a, a[:10])
+
+
+def test_non_finite_rows_are_refused_by_name():
+    torch.manual_seed(0)
+    a = torch.randn(50, 8)
+    bad = a.clone()
+    bad[7, 3], bad[20, 0] = float("nan"), float("inf")
+    assert int(torch.tensor([0.5, float("nan"), 0.9]).topk(1).indices) == 1  # topk ranks NaN first: the hazard
+    with pytest.raises(NonFiniteEmbeddings, match=r"b \(the second space\) has 2 of 50 rows .*rows \[7, 20\]"):
+        mutual_knn_alignment(a, bad, k=5)
+    with pytest.raises(NonFiniteEmbeddings, match=r"rows \[7, 20\]"):
+        anisotropy(bad)
+
+
+def test_knn_ties_go_to_the_lower_index():
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 2.0], [0.0, 1.0], [3.0, 0.0]])  # rows 1-3 and 0, 4: one direction
+    assert knn_sets(x, 2).tolist() == [[4, 1], [2, 3], [1, 3], [1, 2], [0, 1]]
+    torch.manual_seed(1)
+    grid = torch.randint(-1, 2, (60, 3)).float()  # many exact cosine ties
+    sims = torch.nn.functional.normalize(grid.double(), dim=-1) @ torch.nn.functional.normalize(grid.double(), dim=-1).T
+    expected = [sorted((j for j in range(60) if j != i), key=lambda j: (-float(sims[i, j]), j))[:7] for i in range(60)]
+    assert knn_sets(grid, 7).tolist() == expected
 
 
 def test_recall_matches_hand_computation():

@@ -93,11 +93,14 @@ def _train_one_step(tmp_path, trainer: str, batch_size: int, extra: tuple[str, .
 
 
 def test_lightning_ddp_cpu_step_equals_single_process_step(tmp_path):
-    """The whole `trainer=ddp_cpu` path on the Omni twin (towers unused by text, frozen): after one step the
-    LoRA weights equal those of one process fed the same global batch of 8 triplets (4 per rank)."""
-    single = _train_one_step(tmp_path / "one", "cpu", 8)
-    ddp = _train_one_step(tmp_path / "two", "ddp_cpu", 4)
-    assert single.keys() == ddp.keys() and any("lora_B" in k for k in single)
+    """The whole `trainer=ddp_cpu` path on the Qwen3-VL MoE twin with LoRA on the routed experts too (the vision
+    tower frozen): each rank routes its own tokens, so an expert may see tokens on one rank only, but its LoRA (one
+    fused A/B for all experts) gets a gradient on every rank; after one step the LoRA weights equal those of one
+    process fed the same global batch of 8 triplets (4 per rank). The GradCache tests below run the Omni twin."""
+    moe = dict(extra=("method.experts=true",), model="tiny_qwen3_vl_moe")
+    single = _train_one_step(tmp_path / "one", "cpu", 8, **moe)
+    ddp = _train_one_step(tmp_path / "two", "ddp_cpu", 4, **moe)
+    assert single.keys() == ddp.keys() and any(".mlp.experts.lora_B" in k for k in single)
     moved = [k for k in single if "lora_B" in k and single[k].abs().sum() > 0]
     assert len(moved) == len([k for k in single if "lora_B" in k]), "every LoRA B must have been updated"
     for key, value in single.items():
@@ -120,14 +123,90 @@ def test_gradcache_under_ddp_equals_single_process_without_cache(tmp_path, step)
         assert float((cached[key] - value).abs().max()) <= 1e-4 * float(value.abs().max()), key
 
 
-def test_ddp_with_lora_on_moe_experts_equals_single_process(tmp_path):
-    """The Qwen3-VL MoE twin with ``method.experts=true`` on 2 gloo ranks: each rank routes its own tokens, so an
-    expert may see tokens on one rank only; its LoRA (one fused A/B for all experts) still gets a gradient on every
-    rank, DDP averages it, and after one step every weight equals one process fed the same 8 triplets."""
-    extra = ("method.experts=true",)
-    single = _train_one_step(tmp_path / "one", "cpu", 8, extra, model="tiny_qwen3_vl_moe")
-    ddp = _train_one_step(tmp_path / "two", "ddp_cpu", 4, extra, model="tiny_qwen3_vl_moe")
-    assert single.keys() == ddp.keys() and any(".mlp.experts.lora_B" in k for k in single)
-    assert all(float(single[k].abs().max()) > 0 for k in single if "lora_B" in k)  # every LoRA B moved
-    for key, value in single.items():
-        assert float((ddp[key] - value).abs().max()) <= 1e-5 * max(1.0, float(value.abs().max())), key
+CLIP, LR, STEPS = 0.5, 0.05, 3  # max norm of the reference's rank-averaged gradient (its norms: 0.44, 1.7, 2.9); AdamW lr
+
+
+def _lora_embedder():
+    embedder = Embedder(load_backbone("qwen2", "lco-tiny/tiny_text"))
+    torch.manual_seed(0)
+    LoRA(r=4, alpha=8, dropout=0.0).apply(embedder)
+    return embedder
+
+
+def _reference_worker(rank, world, records, out, port, clip=CLIP):
+    """The reference's step (FIELD_NOTES section 2), re-implemented: every rank gathers all embeddings without
+    autograd and puts its own slice back, computes the global-batch loss, DDP averages the gradients (so each is
+    1/world of the full-batch gradient), the HF Trainer clips that at max_grad_norm, AdamW steps."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    embedder = _lora_embedder()
+    params = [p for p in embedder.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=LR)
+    loss_fn, share = InfoNCE(temperature=0.05, gather=False), GLOBAL_BATCH // world
+    norms = []
+    for step in range(len(records) // GLOBAL_BATCH):
+        local = records[step * GLOBAL_BATCH + rank * share: step * GLOBAL_BATCH + (rank + 1) * share]
+        sides = []
+        for key in ("anchor", "positive", "negatives"):
+            mine = embedder(embedder.preprocessor([r[key] if key != "negatives" else r[key][0] for r in local]))
+            everyone = [torch.empty_like(mine) for _ in range(world)]
+            dist.all_gather(everyone, mine.detach())
+            everyone[rank] = mine
+            sides.append(torch.cat(everyone))
+        optimizer.zero_grad()
+        loss_fn(*sides).backward()
+        for p in params:
+            dist.all_reduce(p.grad)
+            p.grad /= world
+        norms.append(float(torch.nn.utils.clip_grad_norm_(params, clip)))
+        optimizer.step()
+    if rank == 0:
+        torch.save({"weights": {n: p.detach().clone() for n, p in embedder.named_parameters() if p.requires_grad},
+                    "norms": norms}, out)
+    dist.destroy_process_group()
+
+
+def _lco_steps(records, clip: float, eps: float = 1e-8) -> dict:
+    """lco's own step (ContrastiveModule under a Lightning Trainer, one process, the global batches whole) with
+    ``trainer.gradient_clip_val=clip``."""
+    from functools import partial
+
+    import pytorch_lightning as pl
+
+    from lco.data.collate import TripletCollator
+    from lco.module import ContrastiveModule
+    from lco.step import Step
+
+    embedder = Embedder(load_backbone("qwen2", "lco-tiny/tiny_text"))
+    torch.manual_seed(0)  # the module puts LoRA on: initialised as the reference's
+    module = ContrastiveModule(embedder, LoRA(r=4, alpha=8, dropout=0.0), InfoNCE(temperature=0.05), Step(pack=False),
+                               partial(torch.optim.AdamW, lr=LR, eps=eps), gradient_checkpointing=False,
+                               max_nonfinite_skips=0)
+    collate = TripletCollator(embedder.preprocessor)
+    batches = [collate(records[i * GLOBAL_BATCH:(i + 1) * GLOBAL_BATCH]) for i in range(STEPS)]
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=STEPS, gradient_clip_val=clip, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         num_sanity_val_steps=0, limit_val_batches=0)
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
+    return {n: p.detach().clone() for n, p in embedder.named_parameters() if p.requires_grad}
+
+
+def test_the_reference_step_is_world_times_its_clip_and_eps_on_lcos_gradient(tmp_path):
+    """The reference's rank-averaged gradient is 1/world of the full-batch gradient lco computes, and both its clip
+    (max_grad_norm) and AdamW's eps act on that smaller gradient. So ``trainer.gradient_clip_val`` = world x its clip
+    with ``optim.optimizer.eps`` = world x its eps gives its updates exactly (Adam then sees the gradient, the clip and
+    the eps scaled alike). 2 gloo ranks, 3 AdamW steps, the reference clipping steps 2 and 3 but not 1. Scaling only
+    the clip is not enough: Adam's eps outweighs the tiny gradients LoRA A gets while B is near zero."""
+    records = SceneTriplets(n=GLOBAL_BATCH * STEPS, seed=7).load()
+    out = tmp_path / "reference.pt"
+    mp.spawn(_reference_worker, args=(2, records, str(out), 29500 + (os.getpid() + 7) % 1000), nprocs=2, join=True)
+    reference = torch.load(out)
+    assert reference["norms"][0] < CLIP < min(reference["norms"][1:])  # unclipped, then clipped
+
+    def deviation(weights: dict) -> float:  # the largest change of a tensor, relative to its largest entry
+        return max(float((weights[k] - v).abs().max() / v.abs().max()) for k, v in reference["weights"].items())
+
+    assert deviation(_lco_steps(records, clip=2 * CLIP, eps=2e-8)) < 1e-3  # measured 3.1e-4: float noise of Adam
+    assert deviation(_lco_steps(records, clip=CLIP)) > 0.1  # the reference's numbers taken as they are: 0.34
+    assert deviation(_lco_steps(records, clip=2 * CLIP)) > 0.1  # the clip scaled, eps not: 0.28

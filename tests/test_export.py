@@ -25,7 +25,7 @@ from lco.models.families import FAMILIES
 from lco.models.loading import load_embedder
 from lco.preprocess import Preprocessor
 from lco.prompts import Prompter
-from tests.conftest import TINY_FAMILIES, run_entry
+from tests.conftest import TINY_FAMILIES, compose_train, run_entry
 
 TEXTS = ["A man is playing a guitar.", "Zwei Hunde rennen über ein verschneites Feld.", "", "word " * 700]
 ARGS = {"lora": {"r": 4, "alpha": 8, "dropout": 0.0}, "clip": {"r": 4, "alpha": 8, "dropout": 0.0},
@@ -241,3 +241,32 @@ def test_cli_exports_and_reports_bad_input(tmp_path, checkpoints):
     bad = run_entry("lco.export", tmp_path, f"checkpoint={tmp_path / 'nowhere'}", f"out={tmp_path / 'model'}")
     assert bad.returncode == 2 and "lco: error: checkpoint=" in bad.stderr, bad.stderr[-3000:]
     assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_push_to_hub_stops_at_once_offline_and_uploads_the_export_online(tmp_path, checkpoints, monkeypatch):
+    from huggingface_hub import HfApi
+
+    import lco.hub
+
+    checkpoint = checkpoints("tiny_text", "lora")
+    offline = run_entry("lco.export", tmp_path, f"checkpoint={checkpoint}", f"out={tmp_path / 'model'}",
+                        "push_to_hub=me/lco-text")
+    assert offline.returncode == 2, offline.stderr[-3000:]
+    assert ("lco: error: push_to_hub=me/lco-text: the Hugging Face hub cannot be reached" in offline.stderr
+            and "hf upload me/lco-text <out>" in offline.stderr and "Traceback" not in offline.stderr)
+    assert not (tmp_path / "model").exists()  # stopped before the export
+    with pytest.raises(ConfigError, match="is not a hub repo id"):
+        lco.hub.check_push("not a/repo id")
+
+    calls = []  # online (the hub is not reachable here): what HfApi is asked to do with the exported folder
+    monkeypatch.setattr(lco.hub, "hub_reachable", lambda: True)
+    monkeypatch.setenv("HF_TOKEN", "hf_test")
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo, **kw: calls.append(("create", repo, kw)))
+    monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kw: calls.append(("upload", kw)))
+    cfg = compose_train(tmp_path, [f"checkpoint={checkpoint}", f"out={tmp_path / 'pushed'}", "push_to_hub=me/lco-text",
+                                   "verify=false"], config_name="export")
+    result = lco.export.run(cfg)
+    assert calls[0] == ("create", "me/lco-text", {"private": True, "exist_ok": True, "repo_type": "model"})
+    assert calls[1][0] == "upload" and calls[1][1]["folder_path"] == str(tmp_path / "pushed")
+    assert calls[1][1]["repo_id"] == "me/lco-text" and result["url"].endswith("/me/lco-text")
+    assert (tmp_path / "pushed" / "model.safetensors").is_file()

@@ -3,8 +3,12 @@
 - ``anisotropy(x)``: mean cosine similarity over the N(N-1) ordered pairs of distinct rows. 1 = all rows point
   the same way (collapsed); about 0 = spread out; orthogonal one-hot rows give exactly 0.
 - ``mutual_knn_alignment(a, b, k)``: for paired rows (a_i, b_i), the mean over i of
-  |kNN_a(i) & kNN_b(i)| / k, neighbours by cosine within each space with i itself excluded. 1 = both spaces
-  have the same neighbourhoods; a random pairing scores about k / (N - 1).
+  |kNN_a(i) & kNN_b(i)| / k, neighbours by cosine within each space with i itself excluded; among rows at the
+  same cosine the lower index comes first, so the score is deterministic. 1 = both spaces have the same
+  neighbourhoods; a random pairing scores about k / (N - 1).
+
+Rows with a NaN or Inf entry raise ``NonFiniteEmbeddings`` naming them: a NaN cosine sorts above every number in
+``topk``, so such a row would become every row's neighbour and the score would stay plausible.
 """
 
 from __future__ import annotations
@@ -12,8 +16,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from lco.errors import NonFiniteEmbeddings
 
-def _cosine(x: torch.Tensor) -> torch.Tensor:
+
+def _cosine(x: torch.Tensor, what: str = "embeddings") -> torch.Tensor:
+    bad = (~torch.isfinite(x).reshape(x.shape[0], -1).all(dim=1)).nonzero().flatten().tolist()
+    if bad:
+        raise NonFiniteEmbeddings(
+            f"{what} has {len(bad)} of {x.shape[0]} rows with NaN/Inf entries (rows {bad[:8]}"
+            f"{' ...' if len(bad) > 8 else ''}); no geometry metric is computed from them. The model produced them: "
+            "check the checkpoint (a run whose loss diverged) or the inputs of those rows.")
     x = F.normalize(x.double(), dim=-1)
     return x @ x.T
 
@@ -26,11 +38,12 @@ def anisotropy(x: torch.Tensor) -> float:
     return float((sims.sum() - sims.diagonal().sum()) / (n * (n - 1)))
 
 
-def knn_sets(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices [N, k] of each row's k nearest other rows by cosine."""
-    sims = _cosine(x)
+def knn_sets(x: torch.Tensor, k: int, what: str = "embeddings") -> torch.Tensor:
+    """Indices [N, k] of each row's k nearest other rows by cosine, ties broken by the lower index (a stable
+    sort: ``topk`` leaves the order of equal values to the kernel)."""
+    sims = _cosine(x, what)
     sims.fill_diagonal_(float("-inf"))
-    return sims.topk(k, dim=1).indices
+    return sims.sort(dim=1, descending=True, stable=True).indices[:, :k]
 
 
 def mutual_knn_alignment(a: torch.Tensor, b: torch.Tensor, k: int = 10) -> float:
@@ -38,7 +51,7 @@ def mutual_knn_alignment(a: torch.Tensor, b: torch.Tensor, k: int = 10) -> float
         raise ValueError(f"paired data needs the same number of rows, got {a.shape[0]} and {b.shape[0]}")
     if not 0 < k < a.shape[0]:
         raise ValueError(f"k={k} must be between 1 and N-1={a.shape[0] - 1}")
-    na, nb = knn_sets(a, k), knn_sets(b, k)
+    na, nb = knn_sets(a, k, "a (the first space)"), knn_sets(b, k, "b (the second space)")
     n = a.shape[0]
     hits_a = torch.zeros(n, n, dtype=torch.bool).scatter_(1, na, True)
     hits_b = torch.zeros(n, n, dtype=torch.bool).scatter_(1, nb, True)
