@@ -4,6 +4,14 @@
 against all positives then all negatives of every rank (candidate order: positives of rank 0..W-1, then
 negatives of rank 0..W-1), and its label is its own positive at ``rank * B + i``. Inputs are expected
 L2-normalised (cosine similarity); logits are ``sim / temperature``.
+
+False negatives. ``keys`` (the collator's content keys per side, ``lco.data.collate.item_key``) let the loss drop
+candidates that are not negatives: with ``mask_duplicates`` a candidate with the same content as the anchor's
+positive (a repeated positive, or a hard negative equal to it; gathered keys, so across ranks too) is removed from
+the anchor's softmax; with ``false_negative_margin=m`` so is every candidate the anchor scores above its positive's
+score minus ``m`` (cosine units; the positive-aware filter of NV-Retriever / colpali; scores taken without
+gradient). The target is never masked. The symmetric term masks anchors alike (same content as the positive's own
+anchor, or above its score minus ``m``). ``masked`` holds how many candidates the last call masked.
 """
 
 from __future__ import annotations
@@ -35,19 +43,52 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(all_gather(x), dim=0)
 
 
+def gather_keys(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate integer keys ``x`` [n] from all ranks along dim 0 (no gradient)."""
+    _, size = world()
+    if size == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(size)]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
+
+
+def false_negatives(scores: torch.Tensor, labels: torch.Tensor, target_keys: torch.Tensor | None,
+                    candidate_keys: torch.Tensor | None, margin: float | None) -> torch.Tensor:
+    """bool [B, C]: candidates to drop from each row's softmax. ``scores`` [B, C] (cosine), ``labels`` [B] (each
+    row's target column); same key as the row's target, and/or a score above the target's minus ``margin``. The
+    target itself is never dropped."""
+    mask = torch.zeros_like(scores, dtype=torch.bool)
+    if target_keys is not None:
+        mask |= candidate_keys[None, :] == target_keys[:, None]
+    if margin is not None:
+        mask |= scores > scores.gather(1, labels[:, None]) - margin
+    mask[torch.arange(len(labels), device=labels.device), labels] = False
+    return mask
+
+
 class InfoNCE(nn.Module):
     """One-directional InfoNCE of anchors vs [positives; hard negatives]; optional symmetric term.
 
     temperature: 0.03 by default (the reference); ``learnable=True`` makes log(1/temperature) a parameter,
     clamped so the scale stays <= ``max_scale``. ``symmetric=True`` adds positive->anchor over global anchors
-    and averages the two terms. ``gather=False`` keeps the loss local to each rank.
+    and averages the two terms. ``gather=False`` keeps the loss local to each rank. ``mask_duplicates`` /
+    ``false_negative_margin``: see the module docstring (both off: the reference's loss).
     """
 
     def __init__(self, temperature: float = 0.03, learnable: bool = False, symmetric: bool = False,
-                 gather: bool = True, max_scale: float = 100.0):
+                 gather: bool = True, max_scale: float = 100.0, mask_duplicates: bool = False,
+                 false_negative_margin: float | None = None):
         super().__init__()
         if temperature <= 0:
             raise ConfigError(f"loss.temperature must be > 0, got {temperature}")
+        if mask_duplicates not in (True, False):
+            raise ConfigError(f"loss.mask_duplicates={mask_duplicates!r} is not valid: use true or false.")
+        if false_negative_margin is not None and (isinstance(false_negative_margin, bool) or not isinstance(
+                false_negative_margin, (int, float)) or not 0 <= false_negative_margin <= 2):
+            raise ConfigError(f"loss.false_negative_margin={false_negative_margin!r} is not valid: a cosine margin "
+                              "in [0, 2] (candidates scoring above the positive minus it are masked), or null.")
+        self.mask_duplicates, self.margin, self.masked = mask_duplicates, false_negative_margin, 0
         self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)), requires_grad=learnable)
         self.symmetric = symmetric
         self.gather = gather
@@ -62,16 +103,36 @@ class InfoNCE(nn.Module):
         return float(1.0 / self.scale().detach())
 
     def forward(self, anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor | None = None,
-                gather: bool | None = None):
-        """``gather=False`` overrides the setting for this call (validation batches may differ in size)."""
+                gather: bool | None = None, keys: dict | None = None):
+        """``gather=False`` overrides the setting for this call (validation batches may differ in size).
+        ``keys``: ``{"anchor", "positive", "negative"}`` int64 content keys (needed with ``mask_duplicates``)."""
         gather = self.gather if gather is None else gather
         rank, _ = world() if gather else (0, 1)
         collect = gather_with_grad if gather else (lambda t: t)
+        collect_keys = gather_keys if gather else (lambda t: t)
+        if self.mask_duplicates and keys is None:
+            raise ValueError("loss.mask_duplicates=true needs the batch's item keys (TripletCollator's 'keys')")
+        dup = keys if self.mask_duplicates else None
+        masking = dup is not None or self.margin is not None
         scale = self.scale()
         all_pos = collect(positive)
         candidates = all_pos if negative is None else torch.cat([all_pos, collect(negative)])
         labels = torch.arange(anchor.shape[0], device=anchor.device) + rank * anchor.shape[0]
-        loss = F.cross_entropy(scale * anchor @ candidates.T, labels)
+        logits, self.masked = scale * anchor @ candidates.T, 0
+        if masking:
+            sides = ("positive",) if negative is None else ("positive", "negative")
+            targets, candidate_keys = (None, None) if dup is None else (
+                dup["positive"], torch.cat([collect_keys(dup[side]) for side in sides]))
+            mask = false_negatives((anchor @ candidates.T).detach(), labels, targets, candidate_keys, self.margin)
+            logits, self.masked = logits.masked_fill(mask, float("-inf")), int(mask.sum())
+        loss = F.cross_entropy(logits, labels)
         if self.symmetric:
-            loss = (loss + F.cross_entropy(scale * positive @ collect(anchor).T, labels)) / 2
+            all_anchors = collect(anchor)
+            back = scale * positive @ all_anchors.T
+            if masking:
+                targets, candidate_keys = (None, None) if dup is None else (dup["anchor"], collect_keys(dup["anchor"]))
+                mask = false_negatives((positive @ all_anchors.T).detach(), labels, targets, candidate_keys,
+                                       self.margin)
+                back, self.masked = back.masked_fill(mask, float("-inf")), self.masked + int(mask.sum())
+            loss = (loss + F.cross_entropy(back, labels)) / 2
         return loss

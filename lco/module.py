@@ -115,6 +115,8 @@ class ContrastiveModule(pl.LightningModule):
         self.log("train/real_token_fraction", real_fraction(tokens), batch_size=batch["rows"])
         if self.step.share_prefix:
             self.log("train/shared_prefix_fraction", tokens["shared"] / tokens["real"], batch_size=batch["rows"])
+        if self.loss_fn.mask_duplicates or self.loss_fn.margin is not None:  # candidates dropped as false negatives
+            self.log("train/masked_candidates", float(self.loss_fn.masked), batch_size=batch["rows"])
         if self.loss_fn.log_scale.requires_grad:  # a fixed temperature is in config.yaml; logging costs ~1 ms
             self.log("train/temperature", 1.0 / self.loss_fn.scale().detach(), batch_size=1)
         self.history["train/loss"].append(loss.detach())
@@ -122,7 +124,7 @@ class ContrastiveModule(pl.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         anchor, positive, negative = self.step.embed(self.embedder, batch)
-        loss = self.loss_fn(anchor, positive, negative, gather=False)
+        loss = self.loss_fn(anchor, positive, negative, gather=False, keys=batch.get("keys"))
         self.log("val/loss", loss, batch_size=anchor.shape[0], sync_dist=True)
         self._val_outputs.append((anchor.detach(), positive.detach(), batch["modality"]))
 

@@ -52,10 +52,11 @@ def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
 
-def _step_result(family, name, step, records, pooling="last"):
-    """(loss, flattened LoRA gradients, planned batch) of one training step of the real module."""
+def _step_result(family, name, step, records, pooling="last", loss=None):
+    """(loss, flattened LoRA gradients, planned batch) of one training step of the real module (``loss``: an
+    ``InfoNCE``, the reference's by default)."""
     embedder = _embedder(family, name, pooling)
-    module = ContrastiveModule(embedder, LoRA(r=4, alpha=8, dropout=0.0), InfoNCE(), step,
+    module = ContrastiveModule(embedder, LoRA(r=4, alpha=8, dropout=0.0), loss or InfoNCE(), step,
                                partial(torch.optim.SGD, lr=0.1), gradient_checkpointing=False, max_nonfinite_skips=0)
     for n, p in module.named_parameters():  # LoRA B starts at zero: give it values so A gets gradients too
         if "lora_B" in n:

@@ -4,7 +4,8 @@
 Lightning) and by the bench's hand-written loop (``lco/bench/loop.py``), so both run the same computation:
 
 - ``plan(batch, pad_id, token_ids, position_rows)``: a ``TripletCollator`` batch (CPU tensors) -> ``{"passes":
-  [...], "sides": n, "rows": B, "modality", "tokens": {"real", "computed", "shared"}}``. Each pass is ``{"inputs",
+  [...], "sides": n, "rows": B, "modality", "tokens": {"real", "computed", "shared"}, "keys"}`` (``keys``: the
+  collator's item content keys, for the loss). Each pass is ``{"inputs",
   "sides": [side index...], "sizes", "chunks": [...] or None, "restore", "packed", "prefix"}`` over the sides
   anchor, positive, negative. Text-only sides share one pass when padding allows (``fuse_max_padding``); with
   ``pack`` a text-only pass is packed without padding (``pack.py``, its items re-ordered to fill rows evenly), a
@@ -160,7 +161,8 @@ class Step:
                            "packed": "last_index" in inputs, "prefix": prefix,
                            "sizes": [sides[i]["input_ids"].shape[0] for i in members]})
         return {"passes": passes, "sides": len(sides), "rows": batch["anchor"]["input_ids"].shape[0],
-                "modality": batch["modality"], "tokens": {"real": real, "computed": computed, "shared": shared}}
+                "modality": batch["modality"], "tokens": {"real": real, "computed": computed, "shared": shared},
+                "keys": batch.get("keys")}
 
     @staticmethod
     def embed(embedder, planned: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -180,8 +182,9 @@ class Step:
         return out[0], out[1], out[2] if planned["sides"] == 3 else None
 
     def loss(self, embedder, loss_fn, planned: dict) -> torch.Tensor:
-        """The training loss (0-d tensor) of a planned batch."""
-        return loss_fn(*self.embed(embedder, planned))
+        """The training loss (0-d tensor) of a planned batch; its items' content keys go to the loss, which may
+        mask duplicates (``InfoNCE.mask_duplicates``)."""
+        return loss_fn(*self.embed(embedder, planned), keys=planned.get("keys"))
 
     def __repr__(self) -> str:
         return (f"Step(fuse_max_padding={self.fuse_max_padding}, cache_chunk={self.cache_chunk}, cache_tokens="
