@@ -13,14 +13,14 @@ from lco import card
 from lco.checkpointing import atomic_folder
 
 
-def save_embedder(embedder, method, folder: str | Path) -> Path:
+def save_embedder(embedder, method, folder: str | Path, loss=None) -> Path:
     """Write ``folder`` as a run's ``adapter/``: the method's weights (a peft adapter folder for LoRA), the
     processor/tokenizer, and ``lco_embedding.json`` (``lco/card.py``); ``load_embedder`` reads it back.
     Atomic: written beside ``folder`` and swapped in whole, so a crash mid-save leaves the previous folder."""
     with atomic_folder(folder) as tmp:
         method.save(embedder, tmp)
         embedder.backbone.processor.save_pretrained(tmp)
-        card.write(tmp, card.build(embedder, method))
+        card.write(tmp, card.build(embedder, method, loss))
     return Path(folder)
 
 
@@ -32,7 +32,7 @@ class SaveEmbedder(pl.Callback):
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module) -> None:
         if trainer.is_global_zero:
-            save_embedder(pl_module.embedder, pl_module.method, self.dirpath)
+            save_embedder(pl_module.embedder, pl_module.method, self.dirpath, pl_module.loss_fn)
 
 
 class Probe(pl.Callback):

@@ -26,9 +26,11 @@ REQUIRED = ("method", "family", "base_model", "pooling", "normalize", "max_text_
 FIX = "point at the adapter/ folder of a finished lco run (logs/train/runs/<date>_<time>/adapter)"
 
 
-def build(embedder, method) -> dict:
-    """The card of ``embedder`` trained by ``method``, with this environment's provenance."""
-    return {**method.card(), **embedder.card(),
+def build(embedder, method, loss=None) -> dict:
+    """The card of ``embedder`` trained by ``method`` (with ``loss``: its Matryoshka dimensions, if any), with this
+    environment's provenance."""
+    dims = {"matryoshka_dims": loss.dims} if getattr(loss, "dims", None) else {}
+    return {**method.card(), **embedder.card(), **dims,
             # lco commit, lock hash and package versions; the base model's hub commit or folder + config hash
             "provenance": {**environment(), "base_model": embedder.backbone.source}}
 

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from lco import tracking
 from lco.cli import DEVICE, entry
 from lco.config import check_config
+from lco.errors import ConfigError
 from lco.evaluation.benchmarks import check_available, skip_self_matches, summarize
 
 
@@ -35,6 +36,9 @@ def run(cfg: DictConfig) -> list[dict]:
     from lco.models.loading import load_embedder
 
     check_config(cfg)
+    if cfg.dim is not None and (isinstance(cfg.dim, bool) or not isinstance(cfg.dim, int) or cfg.dim < 1):
+        raise ConfigError(f"dim={cfg.dim!r} is not valid: a number of leading dimensions >= 1 (a Matryoshka model's "
+                          "loss.matryoshka_dims), or null for all.")
     tasks = instantiate(cfg.benchmark, task=cfg.task)
     check_available(tasks)
     skip_self_matches(tasks)
@@ -46,7 +50,9 @@ def run(cfg: DictConfig) -> list[dict]:
         name = f"lco-base/{cfg.model.path}"
     out = Path(cfg.paths.output_dir)
     with tracking.tracked(cfg, follow_checkpoint=cfg.checkpoint) as loggers:
-        results = mteb.evaluate(MtebEncoder(embedder, name=name, batch_size=cfg.batch_size), tasks,
+        encoder = MtebEncoder(embedder, name=name + (f"-dim{cfg.dim}" if cfg.dim else ""), batch_size=cfg.batch_size,
+                              dim=cfg.dim)
+        results = mteb.evaluate(encoder, tasks,
                                 cache=mteb.ResultCache(cache_path=str(out / "mteb")),
                                 overwrite_strategy="always" if cfg.overwrite else "only-missing",
                                 encode_kwargs={"batch_size": cfg.batch_size}, show_progress_bar=True)

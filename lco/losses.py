@@ -12,6 +12,10 @@ the anchor's softmax; with ``false_negative_margin=m`` so is every candidate the
 score minus ``m`` (cosine units; the positive-aware filter of NV-Retriever / colpali; scores taken without
 gradient). The target is never masked. The symmetric term masks anchors alike (same content as the positive's own
 anchor, or above its score minus ``m``). ``masked`` holds how many candidates the last call masked.
+
+Matryoshka (Kusupati et al. 2022; sentence-transformers' ``MatryoshkaLoss``): with ``matryoshka_dims=[d1, d2, ...]``
+the loss is ``sum_k w_k * InfoNCE(x[:, :d_k] re-normalised)`` over the leading ``d_k`` dimensions (``weights``
+default to 1 each), so the first ``d_k`` dimensions embed on their own; ``Embedder.encode(dim=d_k)`` serves them.
 """
 
 from __future__ import annotations
@@ -78,8 +82,10 @@ class InfoNCE(nn.Module):
 
     def __init__(self, temperature: float = 0.03, learnable: bool = False, symmetric: bool = False,
                  gather: bool = True, max_scale: float = 100.0, mask_duplicates: bool = False,
-                 false_negative_margin: float | None = None):
+                 false_negative_margin: float | None = None, matryoshka_dims: list[int] | None = None,
+                 matryoshka_weights: list[float] | None = None):
         super().__init__()
+        self.dims, self.weights = matryoshka(matryoshka_dims, matryoshka_weights)
         if temperature <= 0:
             raise ConfigError(f"loss.temperature must be > 0, got {temperature}")
         if mask_duplicates not in (True, False):
@@ -106,6 +112,22 @@ class InfoNCE(nn.Module):
                 gather: bool | None = None, keys: dict | None = None):
         """``gather=False`` overrides the setting for this call (validation batches may differ in size).
         ``keys``: ``{"anchor", "positive", "negative"}`` int64 content keys (needed with ``mask_duplicates``)."""
+        if not self.dims:
+            return self.contrast(anchor, positive, negative, gather, keys)
+        if max(self.dims) > anchor.shape[1]:
+            raise ConfigError(f"loss.matryoshka_dims={self.dims} goes past the embedding's {anchor.shape[1]} "
+                              "dimensions; keep every dimension <= it.")
+        total, masked = 0.0, 0
+        for dim, weight in zip(self.dims, self.weights):
+            cut = [None if x is None else F.normalize(x[:, :dim], dim=-1) for x in (anchor, positive, negative)]
+            total = total + weight * self.contrast(*cut, gather, keys)
+            masked += self.masked
+        self.masked = masked
+        return total
+
+    def contrast(self, anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor | None = None,
+                 gather: bool | None = None, keys: dict | None = None):
+        """The InfoNCE term of one embedding size (``forward`` without Matryoshka)."""
         gather = self.gather if gather is None else gather
         rank, _ = world() if gather else (0, 1)
         collect = gather_with_grad if gather else (lambda t: t)
@@ -136,3 +158,21 @@ class InfoNCE(nn.Module):
                 back, self.masked = back.masked_fill(mask, float("-inf")), self.masked + int(mask.sum())
             loss = (loss + F.cross_entropy(back, labels)) / 2
         return loss
+
+
+def matryoshka(dims, weights) -> tuple[list[int], list[float]]:
+    """Checked ``loss.matryoshka_dims`` / ``matryoshka_weights`` (``([], [])`` when off)."""
+    if dims is None:
+        if weights is not None:
+            raise ConfigError("loss.matryoshka_weights is set but loss.matryoshka_dims is null; set both or neither.")
+        return [], []
+    dims = list(dims)
+    bad = any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in dims)
+    if not dims or bad or len(set(dims)) < len(dims):
+        raise ConfigError(f"loss.matryoshka_dims={dims} is not valid: distinct positive integers, e.g. [2048,512,128].")
+    weights = [1.0] * len(dims) if weights is None else list(weights)
+    if len(weights) != len(dims) or any(isinstance(w, bool) or not isinstance(w, (int, float)) or not w > 0
+                                        for w in weights):
+        raise ConfigError(f"loss.matryoshka_weights={weights} is not valid: one positive number per dimension of "
+                          f"loss.matryoshka_dims={dims}, or null (1 each).")
+    return dims, [float(w) for w in weights]

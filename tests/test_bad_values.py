@@ -80,7 +80,8 @@ KEY_CASES = {
     "loss.cache_chunk=8": "loss.cache_chunk (command line) is not a key of the config under loss. It is now "
                           "step.cache_chunk (it moved to the config group that reads it).",
     "+loss.cache_chunk=8": "loss.cache_chunk is not an argument of lco.losses.InfoNCE; valid keys: temperature, "
-                           "learnable, symmetric, gather, max_scale. It is now step.cache_chunk",
+                           "learnable, symmetric, gather, max_scale, mask_duplicates, false_negative_margin, "
+                           "matryoshka_dims, matryoshka_weights. It is now step.cache_chunk",
     "fuse_max_padding=2": "It is now step.fuse_max_padding",
     "embed.prompter.system=hi": "It is now preprocess.prompter.system",
     "max_nonfinite_skips=1": "It is now module.max_nonfinite_skips",

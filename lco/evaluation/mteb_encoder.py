@@ -25,15 +25,17 @@ def batch_items(batch: dict) -> list[dict]:
 
 
 class MtebEncoder(AbsEncoder):
-    """``MtebEncoder(embedder, name)``: ``name`` labels the results folder (``/`` allowed)."""
+    """``MtebEncoder(embedder, name)``: ``name`` labels the results folder (``/`` allowed); ``dim``: serve the first
+    ``dim`` dimensions, re-normalised (Matryoshka; ``Embedder.encode``)."""
 
-    def __init__(self, embedder, name: str = "lco/embedder", revision: str = "0", batch_size: int = 32):
+    def __init__(self, embedder, name: str = "lco/embedder", revision: str = "0", batch_size: int = 32,
+                 dim: int | None = None):
         self.embedder = embedder.eval()
-        self.batch_size = batch_size
+        self.batch_size, self.dim = batch_size, dim
         self.mteb_model_meta = ModelMeta(
             loader=None, name=name, revision=revision, release_date=None, languages=None,
             n_parameters=sum(p.numel() for p in embedder.parameters()), memory_usage_mb=None, max_tokens=None,
-            embed_dim=embedder.head.out_features if hasattr(embedder.head, "out_features") else embedder.hidden_size,
+            embed_dim=dim or embedder.out_dim,
             license=None, open_weights=None, public_training_code=None, public_training_data=None,
             framework=["PyTorch"], similarity_fn_name="cosine", use_instructions=False, training_datasets=None,
             modalities=list(embedder.family.modalities),
@@ -41,5 +43,5 @@ class MtebEncoder(AbsEncoder):
 
     def encode(self, inputs, *, task_metadata, hf_split, hf_subset, prompt_type=None, **kwargs) -> np.ndarray:
         batch_size = kwargs.get("batch_size") or self.batch_size
-        chunks = [self.embedder.encode(batch_items(batch), batch_size=batch_size) for batch in inputs]
+        chunks = [self.embedder.encode(batch_items(batch), batch_size=batch_size, dim=self.dim) for batch in inputs]
         return np.concatenate([c.numpy() for c in chunks]) if chunks else np.zeros((0, 1), dtype=np.float32)

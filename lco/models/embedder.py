@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from peft import PeftModel
 from torch import nn
 
+from lco.errors import ConfigError
 from lco.models.backbone import Backbone
 from lco.models.pooling import pool, pool_packed
 from lco.preprocess import Preprocessor
@@ -80,6 +81,11 @@ class Embedder(nn.Module):
         return self.backbone.hidden_size
 
     @property
+    def out_dim(self) -> int:
+        """Size of the embeddings: the head's output (linear probe) or the hidden size."""
+        return getattr(self.head, "out_features", self.hidden_size)
+
+    @property
     def pad_token_id(self) -> int:
         return self.preprocessor.pad_token_id
 
@@ -103,10 +109,14 @@ class Embedder(nn.Module):
                 "normalize": self.normalize, **self.preprocessor.card()}
 
     @torch.no_grad()
-    def encode(self, items: list, batch_size: int = 32, progress: bool = False) -> torch.Tensor:
+    def encode(self, items: list, batch_size: int = 32, progress: bool = False, dim: int | None = None
+               ) -> torch.Tensor:
         """Embed items (``{"text", "image", "audio", "video"}`` dicts, or plain strings) with training's prompts
         and pooling. Items are batched by length (longest first) to waste little padding; the output keeps
-        the input order. Returns float32 [N, D] on CPU."""
+        the input order. Returns float32 [N, D] on CPU; ``dim``: the first ``dim`` dimensions, re-normalised
+        (a Matryoshka embedding: ``loss.matryoshka_dims``)."""
+        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or not 0 < dim <= self.out_dim):
+            raise ConfigError(f"dim={dim!r} is not valid: a number of leading dimensions from 1 to {self.out_dim}.")
         items = [{"text": it} if isinstance(it, str) else it for it in items]
         order = sorted(range(len(items)), key=lambda i: -_size(items[i]))
         device = next(self.model.parameters()).device
@@ -120,7 +130,9 @@ class Embedder(nn.Module):
                     out = torch.empty(len(items), vectors.shape[1])
                 out[chunk] = vectors
                 advance(len(chunk))
-        return out
+        if dim is None:
+            return out
+        return F.normalize(out[:, :dim], dim=-1) if self.normalize else out[:, :dim].contiguous()
 
 
 def _size(item: dict) -> int:
