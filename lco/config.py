@@ -215,7 +215,6 @@ def _family_problems(cfg: DictConfig) -> list[str]:
     LoRA dropout (peft's parameter LoRA has none); packing or a shared prefix on a linear-attention decoder."""
     from lco.methods.lora import EXPERTS_DROPOUT
     from lco.models.families import FAMILIES
-
     from lco.step import recurrent_problems
 
     family = OmegaConf.select(cfg, "model.family", default=None, throw_on_missing=False)

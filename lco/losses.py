@@ -11,7 +11,8 @@ positive (a repeated positive, or a hard negative equal to it; gathered keys, so
 the anchor's softmax; with ``false_negative_margin=m`` so is every candidate the anchor scores above its positive's
 score minus ``m`` (cosine units; the positive-aware filter of NV-Retriever / colpali; scores taken without
 gradient). The target is never masked. The symmetric term masks anchors alike (same content as the positive's own
-anchor, or above its score minus ``m``). ``masked`` holds how many candidates the last call masked.
+anchor, or above its score minus ``m``). ``masked`` holds how many candidates the last call masked (summed over
+the Matryoshka terms; counting them waits for the device once per step).
 
 Matryoshka (Kusupati et al. 2022; sentence-transformers' ``MatryoshkaLoss``): with ``matryoshka_dims=[d1, d2, ...]``
 the loss is ``sum_k w_k * InfoNCE(x[:, :d_k] re-normalised)`` over the leading ``d_k`` dimensions (``weights``
