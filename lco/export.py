@@ -222,7 +222,7 @@ def export(checkpoint: str | Path, out: str | Path, sentence_transformers: bool 
     model = embedder.model.merge_and_unload() if isinstance(embedder.model, PeftModel) else embedder.model
     info = {"name": out.name, "how": HOW[card["method"]], "dtype": dtype, "head": head is not None,
             "st": sentence_transformers,
-            "dim": head["weight"].shape[0] if head is not None else embedder.hidden_size,
+            "dim": embedder.out_dim,
             "max_length": prompt_overhead(processor) + card["max_text_tokens"]}
     exported = {**card, "method": "linear_probe" if head is not None else "full",
                 "exported": {"from": str(checkpoint.resolve()), "method": card["method"], "dtype": dtype,

@@ -12,7 +12,7 @@ the anchor's softmax; with ``false_negative_margin=m`` so is every candidate the
 score minus ``m`` (cosine units; the positive-aware filter of NV-Retriever / colpali; scores taken without
 gradient). The target is never masked. The symmetric term masks anchors alike (same content as the positive's own
 anchor, or above its score minus ``m``). ``masked`` holds how many candidates the last call masked (summed over
-the Matryoshka terms; counting them waits for the device once per step).
+the Matryoshka terms; counting them waits for the device once per step). The keys are gathered once per call.
 
 Matryoshka (Kusupati et al. 2022; sentence-transformers' ``MatryoshkaLoss``): with ``matryoshka_dims=[d1, d2, ...]``
 the loss is ``sum_k w_k * InfoNCE(x[:, :d_k] re-normalised)`` over the leading ``d_k`` dimensions (``weights``
@@ -109,33 +109,46 @@ class InfoNCE(nn.Module):
     def temperature(self) -> float:
         return float(1.0 / self.scale().detach())
 
+    def check_dims(self, size: int, what: str = "the embeddings") -> None:
+        """Refuse Matryoshka dimensions past ``size``, the embedding size of ``what``."""
+        if self.dims and max(self.dims) > size:
+            raise ConfigError(f"loss.matryoshka_dims={self.dims} goes past the {size} dimensions of {what}; keep every "
+                              "dimension <= it.")
+
     def forward(self, anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor | None = None,
                 gather: bool | None = None, keys: dict | None = None):
         """``gather=False`` overrides the setting for this call (validation batches may differ in size).
         ``keys``: ``{"anchor", "positive", "negative"}`` int64 content keys (needed with ``mask_duplicates``)."""
+        gather = self.gather if gather is None else gather
+        if self.mask_duplicates and keys is None:
+            raise ValueError("loss.mask_duplicates=true needs the batch's item keys (TripletCollator's 'keys')")
+        dup = self.duplicate_keys(keys, negative is not None, gather) if self.mask_duplicates else None
         if not self.dims:
-            return self.contrast(anchor, positive, negative, gather, keys)
-        if max(self.dims) > anchor.shape[1]:
-            raise ConfigError(f"loss.matryoshka_dims={self.dims} goes past the embedding's {anchor.shape[1]} "
-                              "dimensions; keep every dimension <= it.")
+            return self.contrast(anchor, positive, negative, gather, dup)
+        self.check_dims(anchor.shape[1])
         total, masked = 0.0, 0
         for dim, weight in zip(self.dims, self.weights):
             cut = [None if x is None else F.normalize(x[:, :dim], dim=-1) for x in (anchor, positive, negative)]
-            total = total + weight * self.contrast(*cut, gather, keys)
+            total = total + weight * self.contrast(*cut, gather, dup)
             masked += self.masked
         self.masked = masked
         return total
 
+    def duplicate_keys(self, keys: dict, negatives: bool, gather: bool) -> dict[str, torch.Tensor]:
+        """The keys the duplicate masks compare, gathered once per call: each row's target (``positive``, and
+        ``anchor`` for the symmetric term) against every candidate of the global batch."""
+        collect = gather_keys if gather else (lambda t: t)
+        sides = ("positive", "negative") if negatives else ("positive",)
+        out = {"positive": keys["positive"], "candidates": torch.cat([collect(keys[side]) for side in sides])}
+        if self.symmetric:
+            out.update(anchor=keys["anchor"], all_anchors=collect(keys["anchor"]))
+        return out
+
     def contrast(self, anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor | None = None,
-                 gather: bool | None = None, keys: dict | None = None):
-        """The InfoNCE term of one embedding size (``forward`` without Matryoshka)."""
-        gather = self.gather if gather is None else gather
+                 gather: bool = True, dup: dict | None = None):
+        """The InfoNCE term of one embedding size (``forward`` without Matryoshka); ``dup``: ``duplicate_keys``."""
         rank, _ = world() if gather else (0, 1)
         collect = gather_with_grad if gather else (lambda t: t)
-        collect_keys = gather_keys if gather else (lambda t: t)
-        if self.mask_duplicates and keys is None:
-            raise ValueError("loss.mask_duplicates=true needs the batch's item keys (TripletCollator's 'keys')")
-        dup = keys if self.mask_duplicates else None
         masking = dup is not None or self.margin is not None
         scale = self.scale()
         all_pos = collect(positive)
@@ -143,9 +156,7 @@ class InfoNCE(nn.Module):
         labels = torch.arange(anchor.shape[0], device=anchor.device) + rank * anchor.shape[0]
         logits, self.masked = scale * anchor @ candidates.T, 0
         if masking:
-            sides = ("positive",) if negative is None else ("positive", "negative")
-            targets, candidate_keys = (None, None) if dup is None else (
-                dup["positive"], torch.cat([collect_keys(dup[side]) for side in sides]))
+            targets, candidate_keys = (None, None) if dup is None else (dup["positive"], dup["candidates"])
             mask = false_negatives((anchor @ candidates.T).detach(), labels, targets, candidate_keys, self.margin)
             logits, self.masked = logits.masked_fill(mask, float("-inf")), int(mask.sum())
         loss = F.cross_entropy(logits, labels)
@@ -153,7 +164,7 @@ class InfoNCE(nn.Module):
             all_anchors = collect(anchor)
             back = scale * positive @ all_anchors.T
             if masking:
-                targets, candidate_keys = (None, None) if dup is None else (dup["anchor"], collect_keys(dup["anchor"]))
+                targets, candidate_keys = (None, None) if dup is None else (dup["anchor"], dup["all_anchors"])
                 mask = false_negatives((positive @ all_anchors.T).detach(), labels, targets, candidate_keys,
                                        self.margin)
                 back, self.masked = back.masked_fill(mask, float("-inf")), self.masked + int(mask.sum())

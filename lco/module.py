@@ -18,7 +18,6 @@ import torch
 from pytorch_lightning.utilities import rank_zero_info
 
 from lco.analysis.retrieval import retrieval_metrics
-from lco.errors import ConfigError
 from lco.guard import NonFiniteGuard, check_finite_weights
 from lco.losses import InfoNCE
 from lco.methods.base import Method, count_parameters
@@ -61,9 +60,8 @@ class ContrastiveModule(pl.LightningModule):
         self.compile_layers, self.layers_compiled = compile, False
         self.strict_loading = False  # checkpoints carry trainable tensors only
         method.apply(embedder)
-        if loss.dims and max(loss.dims) > embedder.out_dim:  # before any step runs
-            raise ConfigError(f"loss.matryoshka_dims={loss.dims} goes past the {embedder.out_dim} dimensions of "
-                              f"{embedder.family.name}'s embeddings (method={method.name}); keep every dimension <= it.")
+        # Matryoshka dimensions past the embedding stop here, before any step
+        loss.check_dims(embedder.out_dim, f"{embedder.family.name}'s embeddings (method={method.name})")
         embedder.train()  # from_pretrained returns eval mode; LoRA dropout must be active while training
         self._val_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.validated_at: int | None = None  # global step of the last validation (lco.train validates the end)
