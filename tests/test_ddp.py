@@ -19,10 +19,16 @@ from lco.models.embedder import Embedder
 GLOBAL_BATCH = 8
 
 
-def _loss_and_grads(records, rank=0, world=1):
+def _lora_embedder():
+    """The tiny text twin with LoRA (r 4, alpha 8, no dropout) seeded as every test here starts it."""
     embedder = Embedder(load_backbone("qwen2", "lco-tiny/tiny_text"))
     torch.manual_seed(0)
     LoRA(r=4, alpha=8, dropout=0.0).apply(embedder)
+    return embedder
+
+
+def _loss_and_grads(records, rank=0, world=1):
+    embedder = _lora_embedder()
     for name, p in embedder.named_parameters():  # LoRA B starts at zero: give it values so A gets gradients too
         if "lora_B" in name:
             with torch.no_grad():
@@ -124,13 +130,6 @@ def test_gradcache_under_ddp_equals_single_process_without_cache(tmp_path, step)
 
 
 CLIP, LR, STEPS = 0.5, 0.05, 3  # max norm of the reference's rank-averaged gradient (its norms: 0.44, 1.7, 2.9); AdamW lr
-
-
-def _lora_embedder():
-    embedder = Embedder(load_backbone("qwen2", "lco-tiny/tiny_text"))
-    torch.manual_seed(0)
-    LoRA(r=4, alpha=8, dropout=0.0).apply(embedder)
-    return embedder
 
 
 def _reference_worker(rank, world, records, out, port, clip=CLIP):
