@@ -3,8 +3,8 @@
 One JSON object beside the trained weights (a run's ``adapter/``, a soup, an export). Fields:
 ``method`` (``lco.methods.METHODS``) and the method's own (``Method.card``: LoRA targets...); ``family``,
 ``base_model`` (hub id or folder; ``"."``: the folder itself), ``pooling``, ``normalize`` (``Embedder.card``);
-``max_text_tokens``, ``image_max_size``, ``audio_max_seconds``, ``video_max_frames``, ``prompt_suffixes``,
-``system_prompt``, ``padding_side`` (``Preprocessor.card``); ``provenance`` (lco commit, lock hash, package
+``max_text_tokens``, ``image_max_size``, ``audio_max_seconds``, ``video_max_frames``, ``video_folder_fps``,
+``prompt_suffixes``, ``system_prompt``, ``padding_side`` (``Preprocessor.card``); ``provenance`` (lco commit, lock hash, package
 versions, base model revision); and, where they apply, ``soup`` (``lco.soup``) and ``exported`` (``lco.export``).
 
 ``build(embedder, method)`` -> dict; ``write(folder, card)``; ``read(folder, label)`` -> dict, checked (the file

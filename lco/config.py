@@ -104,6 +104,7 @@ VALUE_RULES = [
     ("preprocess.image_max_size", int, 28, None, "longest image side in pixels (one 28-pixel merged patch at least)"),
     ("preprocess.audio_max_seconds", float, ">0", None, "seconds of audio kept"),
     ("preprocess.video_max_frames", int, 2, None, "video frames sampled (pairs: 2 at least)"),
+    ("preprocess.video_folder_fps", float, ">0", None, "frame rate of frame-folder videos (Qwen3-VL's frame times)"),
     ("module.max_nonfinite_skips", int, 0, None, "NaN/Inf losses skipped before the run stops"),
 ]
 

@@ -6,7 +6,9 @@ left-padded processor batch: ``input_ids`` [N, T] (long), ``attention_mask`` [N,
 ``feature_attention_mask`` (audio) where items carry media. Each item's text is cut to ``max_text_tokens``
 tokens and wrapped in the chat prompt of ``lco/prompts.py``; media are loaded here (``lco/data/media.py``):
 images fitted in ``image_max_size``, audio resampled to the feature extractor's rate and cut to
-``audio_max_seconds``, videos sampled to ``video_max_frames`` frames. Runs inside DataLoader workers.
+``audio_max_seconds``, videos sampled to ``video_max_frames`` frames. Processors that write each frame pair's
+time into the prompt (Qwen3-VL's, also Qwen3.5's) get the frames' source indices and fps as ``video_metadata`` (frame
+folders are taken at ``video_folder_fps``) and do not re-sample them. Runs inside DataLoader workers.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class Preprocessor:
     image_max_size: int = 700
     audio_max_seconds: float = 30.0
     video_max_frames: int = 16
+    video_folder_fps: float = 2.0
 
     @property
     def tokenizer(self):
@@ -45,7 +48,7 @@ class Preprocessor:
         """The settings a user needs to preprocess items as training did (keys of ``lco_embedding.json``)."""
         return {"max_text_tokens": self.max_text_tokens, "image_max_size": self.image_max_size,
                 "audio_max_seconds": self.audio_max_seconds, "video_max_frames": self.video_max_frames,
-                "prompt_suffixes": self.prompter.suffixes, "system_prompt": self.prompter.system,
+                "video_folder_fps": self.video_folder_fps, "prompt_suffixes": self.prompter.suffixes, "system_prompt": self.prompter.system,
                 "padding_side": "left"}
 
     @classmethod
@@ -53,7 +56,8 @@ class Preprocessor:
         """The preprocessor a card describes (cards written before a setting existed get its default)."""
         prompter = Prompter(suffixes=card["prompt_suffixes"], system=card.get("system_prompt"))
         return cls(processor, prompter, card["max_text_tokens"],
-                   **{k: card[k] for k in ("image_max_size", "audio_max_seconds", "video_max_frames") if k in card})
+                   **{k: card[k] for k in ("image_max_size", "audio_max_seconds", "video_max_frames", "video_folder_fps")
+                      if k in card})
 
     def truncate(self, texts: list[str]) -> list[str]:
         """Cut each item's own text to ``max_text_tokens`` tokens (the prompt around it is kept whole). One
@@ -71,15 +75,20 @@ class Preprocessor:
 
     def _media(self, items: list[dict]) -> dict:
         media: dict[str, list] = {"images": [], "videos": [], "audio": []}
+        clips = []
         for item in items:  # placeholder order = item order, image/video/audio within an item
             if item.get("image") is not None:
                 media["images"].append(load_image(item["image"], self.image_max_size))
             if item.get("video") is not None:
-                media["videos"].append(load_video(item["video"], self.video_max_frames, self.image_max_size))
+                clips.append(load_video(item["video"], self.video_max_frames, self.image_max_size))
+                media["videos"].append(clips[-1].frames)
             if item.get("audio") is not None:
                 rate = self.processor.feature_extractor.sampling_rate
                 media["audio"].append(load_audio(item["audio"], rate, self.audio_max_seconds))
-        return {k: v for k, v in media.items() if v}
+        media = {k: v for k, v in media.items() if v}
+        if clips and _timestamps(self.processor):  # the frames lco sampled, at their source times
+            media.update(video_metadata=[c.metadata(self.video_folder_fps) for c in clips], do_sample_frames=False)
+        return media
 
     def prompts(self, items: list[dict]) -> list[str]:
         """The chat prompt string of each item, its text cut to ``max_text_tokens`` (what the model reads)."""
@@ -97,3 +106,11 @@ class Preprocessor:
             return dict(self.tokenizer(prompts, add_special_tokens=False, **kwargs))
         encoded = self.processor(text=prompts, add_special_tokens=False, **self._media(items), **kwargs)
         return {k: v for k, v in encoded.items() if isinstance(v, torch.Tensor)}
+
+
+def _timestamps(processor) -> bool:
+    """Whether ``processor`` writes each frame pair's time (``<1.5 seconds>``) into the prompt: Qwen3-VL's, used
+    by Qwen3.5 too (Qwen3-Omni's is another class and times video tokens by its default fps, as Qwen2.5's do)."""
+    import transformers
+
+    return isinstance(processor, transformers.Qwen3VLProcessor)

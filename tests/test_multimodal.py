@@ -59,6 +59,20 @@ def test_video_file_and_frame_folder_give_processor_inputs(media, omni):
     assert encoded["pixel_values_videos"].shape[0] == int(grid.prod(dim=1).sum())
 
 
+def test_a_clip_knows_its_frames_source_indices_and_rate(media):
+    """What Qwen3-VL's frame times are computed from: the mp4's rate (4 fps) and the sampled frames' indices."""
+    from lco.data.media import load_video
+
+    root, files = media
+    clip = load_video(str(root / files["mp4"][0]), max_frames=4)
+    assert (clip.indices, clip.total, clip.fps, len(clip.frames)) == ([0, 2, 3, 5], 6, 4.0, 4)
+    clip = load_video(str(root / files["mp4"][0]), max_frames=3)  # 0, 2.5 -> 2, 5; then the last repeated
+    assert clip.indices == [0, 2, 5, 5] and clip.frames[3].tobytes() == clip.frames[2].tobytes()
+    folder = load_video(str(root / files["video"][0]))
+    assert (folder.indices, folder.total, folder.fps) == ([0, 1, 2, 2], 3, None)
+    assert folder.metadata(folder_fps=1.5) == {"total_num_frames": 3, "fps": 1.5, "frames_indices": [0, 1, 2, 2]}
+
+
 def test_images_are_downscaled_to_fit(media, omni, tmp_path):
     from PIL import Image
 

@@ -1,10 +1,11 @@
 """Qwen3-VL, dense and MoE (``model.family=qwen3_vl`` / ``qwen3_vl_moe``, tiny twins ``tiny_qwen3_vl`` /
 ``tiny_qwen3_vl_moe``): the real Qwen3 token ids and chat template (no default system turn), the real
-``Qwen3VLProcessor`` with 16-pixel patches; lco's embeddings of text and image items equal a hand-written
+``Qwen3VLProcessor`` with 16-pixel patches; lco's embeddings of text, image and video items equal a hand-written
 transformers forward of each prompt alone (final-norm state at the last token, deepstack and routed experts
-included); packed passes and a shared prefix keep them; ``python -m lco.train model=<twin> data=scenes_mm``
-trains LoRA on the decoder only (on the MoE twin with ``method.experts=true``, the experts' fused weights too);
-video data is refused before anything loads."""
+included); a video's prompt carries each frame pair's time in its source (the file's fps, or
+``preprocess.video_folder_fps`` for frame folders); lco's numpy video processor sizes clips as Qwen3-VL's does;
+packed passes and a shared prefix keep the embeddings; ``python -m lco.train model=<twin> data=scenes_mm``
+trains LoRA on the decoder only (on the MoE twin with ``method.experts=true``, the experts' fused weights too)."""
 
 import os
 import subprocess
@@ -17,8 +18,9 @@ from PIL import Image
 from safetensors.torch import load_file
 from torch.nn.functional import normalize
 
-from lco.config import check_modalities
+from lco.data.media import load_audio, load_video
 from lco.errors import ConfigError
+from lco.preprocess import _timestamps
 from lco.methods.lora import LoRA
 from lco.models.backbone import load_backbone
 from lco.models.embedder import Embedder
@@ -46,6 +48,13 @@ ITEMS = [{"text": "A man is playing a guitar."}, {"image": picture(0)}, {"text":
          {"text": "Zwei Hunde rennen über ein verschneites Feld, und die Sonne scheint auf den Schnee."}]
 
 
+def with_videos(media) -> list[dict]:
+    """``ITEMS`` and two videos: the mp4 (6 frames at 4 fps) and, with text, a folder of 3 frames."""
+    root, files = media
+    return ITEMS + [{"video": str(root / files["mp4"][0])},
+                    {"text": "Watch:", "video": str(root / files["video"][0])}]
+
+
 def test_tokens_template_and_processor_are_qwen3s(twin):
     embedder = twin[2]
     tokenizer = embedder.preprocessor.tokenizer
@@ -62,7 +71,7 @@ def test_tokens_template_and_processor_are_qwen3s(twin):
     assert "mm_token_type_ids" in batch  # the multimodal rotary positions need it
 
 
-def test_embeddings_equal_a_plain_transformers_forward(twin):
+def test_embeddings_equal_a_plain_transformers_forward(twin, media):
     """Each item alone through ``Qwen3VLModel`` / ``Qwen3VLMoeModel`` (no lco code past the processor): the final-norm
     state of the last token, normalised, equals lco's batched, left-padded embedding."""
     _, family, embedder = twin
@@ -70,27 +79,35 @@ def test_embeddings_equal_a_plain_transformers_forward(twin):
         layers = embedder.backbone.model.model.language_model.layers
         assert [type(layer.mlp).__name__ for layer in layers] == ["Qwen3VLMoeTextSparseMoeBlock",
                                                                   "Qwen3VLMoeTextMLP"]
-    assert_each_alone_equals_the_batch(embedder, ITEMS)
+    assert_each_alone_equals_the_batch(embedder, with_videos(media))
 
 
 def assert_each_alone_equals_the_batch(embedder, items) -> None:
-    """lco's left-padded batch of ``items`` (text and image) equals each item's prompt alone through the headless
-    transformers model (no lco code past the processor): the final-norm state of its last token, normalised."""
-    batch = embedder.preprocessor(items)
+    """lco's left-padded batch of ``items`` (text, image, audio, video) equals each item's prompt alone through the
+    headless transformers model (no lco code past the processor but the decoding of the video's frames): the
+    final-norm state of its last token, normalised."""
+    pre = embedder.preprocessor
+    batch = pre(items)
     assert batch["attention_mask"][:, 0].min() == 0  # padded: the batch is not a trivial one
     with torch.no_grad():
         ours = embedder(batch)
         for row, item in enumerate(items):
-            alone = embedder.backbone.processor(text=embedder.preprocessor.prompts([item]),
-                                                images=[item["image"]] if "image" in item else None,
-                                                return_tensors="pt")
+            media = {"images": [item["image"]]} if "image" in item else {}
+            if "audio" in item:
+                media["audio"] = [load_audio(item["audio"], pre.processor.feature_extractor.sampling_rate)]
+            if "video" in item:
+                clip = load_video(item["video"], pre.video_max_frames, pre.image_max_size)
+                media["videos"] = [clip.frames]
+                if _timestamps(embedder.backbone.processor):
+                    media.update(video_metadata=[clip.metadata(pre.video_folder_fps)], do_sample_frames=False)
+            alone = embedder.backbone.processor(text=pre.prompts([item]), **media, return_tensors="pt")
             hidden = embedder.backbone.model.model(**alone, use_cache=False).last_hidden_state
             assert _relative(ours[row], normalize(hidden[0, -1], dim=-1)) <= 1e-5, item
 
 
-def test_packed_image_passes_and_a_shared_prefix_keep_the_embeddings(twin):
+def test_packed_media_passes_and_a_shared_prefix_keep_the_embeddings(twin, media):
     name, family, embedder = twin
-    batch = embedder.preprocessor(ITEMS[1:3] * 2)
+    batch = embedder.preprocessor(with_videos(media)[1:] * 2)
     with torch.no_grad():
         reference = embedder(batch)
         for width in (10_000, 64):
@@ -106,9 +123,48 @@ def test_packed_image_passes_and_a_shared_prefix_keep_the_embeddings(twin):
         assert _relative(other_grads, grads) <= 1e-5
 
 
-def test_video_data_is_refused_for_qwen3_vl():
-    with pytest.raises(ConfigError, match="handles only text, image"):
-        check_modalities({"text", "video"}, FAMILY, f"lco-tiny/{NAME}")
+def test_a_videos_prompt_carries_its_frame_times(twin, media):
+    """Each frame pair's mean source time, ``<t seconds>`` before its tokens: the mp4's 6 frames at 4 fps give
+    (0 + 1) / 2 / 4 = 0.125 s, 0.625 s, 1.125 s; 2 frames sampled of 6 are frames 0 and 5; a folder's 3 frames
+    (the last repeated) are taken at ``video_folder_fps``."""
+    import dataclasses
+
+    root, files = media
+    embedder = twin[2]
+    mp4, folder = str(root / files["mp4"][0]), str(root / files["video"][0])
+
+    def times(pre, video):
+        batch = pre([{"video": video}])
+        text = pre.tokenizer.decode(batch["input_ids"][0])
+        grid = batch["video_grid_thw"][0].tolist()
+        per_pair = (text.split("seconds>")[1].count("<|video_pad|>"), grid[1] * grid[2] // 4)
+        assert per_pair[0] == per_pair[1]  # each pair's merged patches follow its time
+        return [float(t.split("<")[-1]) for t in text.split(" seconds>")[:-1]]
+
+    pre = embedder.preprocessor
+    assert times(pre, mp4) == [0.1, 0.6, 1.1]  # formatted with one decimal, as Qwen3-VL's processor does
+    assert times(dataclasses.replace(pre, video_max_frames=2), mp4) == [0.6]  # (0 + 5) / 2 / 4 = 0.625
+    assert times(dataclasses.replace(pre, video_folder_fps=1.0), folder) == [0.5, 2.0]  # frames 0, 1 and 2, 2
+
+
+@pytest.mark.parametrize("frames,height,width,cap", [(2, 90, 130, False), (4, 64, 64, False), (16, 720, 1280, False),
+                                                     (6, 33, 400, False), (16, 720, 1280, True), (2, 30, 30, True)])
+def test_lcos_video_processor_sizes_clips_as_qwen3_vls(frames, height, width, cap):
+    """The patch grid of ``FramesVideoProcessor(kind=Qwen3VLVideoProcessor)`` on a clip equals what transformers'
+    ``Qwen3VLVideoProcessor`` counts for it (its size arithmetic runs without torchvision), in budgets that
+    shrink, keep and enlarge the frames, with and without the per-frame cap."""
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+
+    from lco.models.processor import QWEN3_VIDEO, FramesVideoProcessor
+
+    size = {"shortest_edge": 4 * 32 * 32, "longest_edge": 64 * 32 * 32}
+    ours = FramesVideoProcessor(size["shortest_edge"], size["longest_edge"], patch_size=16, kind=QWEN3_VIDEO,
+                                cap_pixels_per_frame=cap, max_video_tokens=16)
+    clip = [np.zeros((height, width, 3), dtype=np.uint8)] * frames
+    grid = ours([clip], return_tensors="pt")["video_grid_thw"][0]
+    theirs = Qwen3VLVideoProcessor(patch_size=16, size=size, cap_pixels_per_frame=cap, max_video_tokens=16)
+    assert int(grid.prod()) == theirs.get_num_of_video_patches(frames, height, width)
+    assert int(grid[0]) == frames // 2
 
 
 @pytest.mark.parametrize("name,experts", [(NAME, False), ("tiny_qwen3_vl_moe", True)], ids=["dense", "moe-experts"])

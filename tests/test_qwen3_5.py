@@ -20,7 +20,7 @@ from lco.step import Step
 from lco.step.pack_media import pack_media
 from tests.conftest import compose_train, run_entry
 from tests.test_packing import _relative, _step_result, _text_records
-from tests.test_qwen3 import ITEMS, assert_each_alone_equals_the_batch, picture
+from tests.test_qwen3 import ITEMS, assert_each_alone_equals_the_batch, picture, with_videos
 
 TWINS = [("tiny_qwen3_5", "qwen3_5"), ("tiny_qwen3_5_moe", "qwen3_5_moe")]
 
@@ -50,10 +50,11 @@ def test_tokens_processor_and_layers_are_qwen3_5s(twin):
     assert (batch["input_ids"] == 248056).sum() == grid[1] * grid[2] // 4  # 2x2 merged 16-pixel patches
 
 
-def test_left_padded_embeddings_equal_each_prompt_alone(twin):
+def test_left_padded_embeddings_equal_each_prompt_alone(twin, media):
     """Gated DeltaNet zeroes padded positions before its convolution and recurrence, so left padding changes
-    nothing: each item alone through ``Qwen3_5Model`` (no lco code past the processor) gives lco's embedding."""
-    assert_each_alone_equals_the_batch(twin[2], ITEMS)
+    nothing: each item alone (text, image, video with its frame times) through ``Qwen3_5Model`` (no lco code past
+    the processor) gives lco's embedding."""
+    assert_each_alone_equals_the_batch(twin[2], with_videos(media))
 
 
 def test_packing_would_mix_items_so_it_is_refused(twin):

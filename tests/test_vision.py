@@ -28,6 +28,10 @@ pytestmark = pytest.mark.vision
 # images: largest pixel difference 0.341, mean 0.0009 (CLIP-normalised units; 1/255 is about 0.015), from
 # torchvision's antialiased bicubic resize vs PIL's bicubic; embeddings 1.1e-3 (VL) and 6.6e-4 (Omni) apart.
 # Video frames (resized alike) 1.8e-7, audio features 0. Token ids, masks and grids are equal.
+# Qwen3 twins (2026-12-01, same versions): images 0.18 / 6.4e-4 (mean 0.5 / std 0.5 units), embeddings 1.4e-3
+# (Qwen3-VL) and 1.1e-3 (Qwen3-Omni); video frames 5.9e-8 (Qwen3-VL) and 7.8e-3 (Qwen3-Omni, 64-pixel frames
+# enlarged to 384: one value 2/255 apart), video embeddings 5.4e-7 and 6.0e-6; Qwen3-VL's frame times in the
+# token ids are equal.
 PIXEL_MAX, PIXEL_MEAN = 0.5, 0.02
 EMBED_TOLERANCE = 5e-3  # after L2 normalisation, random-weight tiny twins
 
@@ -55,8 +59,10 @@ def odd_picture(seed: int, size: tuple[int, int]):
     return Image.fromarray(pixels)
 
 
-@pytest.mark.parametrize("name", ["tiny_vl", "tiny_omni"])
+@pytest.mark.parametrize("name", ["tiny_vl", "tiny_omni", "tiny_qwen3_vl", "tiny_qwen3_omni"])
 def test_lco_assembly_equals_the_torchvision_processor(name, media):
+    """Qwen3-VL: lco's frames go to ``Qwen3VLVideoProcessor`` with their metadata and ``do_sample_frames=False``,
+    so both write the same frame times; Qwen3-Omni's is ``Qwen2VLVideoProcessor`` with 16-pixel patches."""
     root, files = media
     real, ours = pair(name)
     batches = {

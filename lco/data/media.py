@@ -8,13 +8,15 @@ frame images, or a list of frame paths.
 Outputs: ``load_image`` -> RGB ``PIL.Image`` fitted inside ``max_size`` x ``max_size`` (aspect kept);
 ``load_audio`` -> mono float32 ``np.ndarray`` at ``sampling_rate``, cut to ``max_seconds`` (also from an
 already decoded ``{"array", "sampling_rate"}`` dict);
-``load_video`` -> list of RGB ``PIL.Image`` frames (an even count, at most ``max_frames``).
+``load_video`` -> a ``Clip``: RGB ``PIL.Image`` frames (an even count, at most ``max_frames``) with their indices in
+the source and the source's frame rate (Qwen3-VL writes each frame pair's time into the prompt).
 """
 
 from __future__ import annotations
 
 import io
 import urllib.request
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -92,33 +94,53 @@ def _frame_paths(source) -> list[Path] | None:
     return None
 
 
-def _even_subsample(frames: list, max_frames: int) -> list:
-    if len(frames) > max_frames:
-        idx = np.linspace(0, len(frames) - 1, max_frames).round().astype(int)
-        frames = [frames[i] for i in idx]
-    if len(frames) % 2:  # Qwen groups frames in temporal pairs
-        frames = frames + frames[-1:]
-    return frames
+@dataclass
+class Clip:
+    """A sampled video: ``frames`` (RGB, an even count), each one's ``indices`` in the source (the last repeated
+    when the count was odd), the source's ``total`` frame count and ``fps`` (None for frame folders and lists)."""
+
+    frames: list[Image.Image]
+    indices: list[int]
+    total: int
+    fps: float | None = None
+
+    def metadata(self, folder_fps: float) -> dict:
+        """transformers' ``VideoMetadata`` fields of this clip (frame folders are taken at ``folder_fps``)."""
+        return {"total_num_frames": self.total, "fps": self.fps or folder_fps, "frames_indices": self.indices}
 
 
-def load_video(source, max_frames: int = 16, max_size: int = 700) -> list[Image.Image]:
+def _even_indices(count: int, max_frames: int) -> list[int]:
+    """At most ``max_frames`` evenly spaced indices of ``count`` frames, the last repeated to an even count
+    (Qwen groups frames in temporal pairs)."""
+    indices = list(range(count))
+    if count > max_frames:
+        indices = np.linspace(0, count - 1, max_frames).round().astype(int).tolist()
+    return indices + indices[-1:] * (len(indices) % 2)
+
+
+def load_video(source, max_frames: int = 16, max_size: int = 700) -> Clip:
     paths = _frame_paths(source)
     if paths is not None:
         if not paths:
             raise MediaError(f"video {_describe(source)} has no frame images ({', '.join(FRAME_SUFFIXES)})")
-        return [load_image(str(p), max_size) for p in _even_subsample(paths, max_frames)]
+        indices = _even_indices(len(paths), max_frames)
+        return Clip([load_image(str(paths[i]), max_size) for i in indices], indices, len(paths))
     import av
 
     try:
         with av.open(_open(source)) as container:
-            frames = [f.to_image() for f in container.decode(video=0)]
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate
+            frames = [f.to_image() for f in container.decode(stream)]
     except MediaError:
         raise
     except Exception as err:  # noqa: BLE001
         raise MediaError(f"cannot decode video {_describe(source)}: {err}") from None
     if not frames:
         raise MediaError(f"video {_describe(source)} has no frames")
-    return [load_image(f, max_size) for f in _even_subsample(frames, max_frames)]
+    indices = _even_indices(len(frames), max_frames)
+    return Clip([load_image(frames[i], max_size) for i in indices], indices, len(frames),
+                float(rate) if rate else None)
 
 
 def _describe(source) -> str:

@@ -34,28 +34,29 @@ FAMILIES: dict[str, Family] = {
                        ("text", "image", "video"), "Qwen2VLProcessor", mrope=True),
     "qwen2_5_vl": Family("qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration", "model.language_model",
                          ("model.visual",), ("text", "image", "video"), "Qwen2_5_VLProcessor", mrope=True),
-    # Qwen3-VL (dense): text and images; its video prompts carry per-frame timestamps that lco's planning of
-    # media passes does not lay out yet, so video data is refused for it (check_modalities)
+    # Qwen3-VL (dense): its video prompts carry each frame pair's time (``<1.0 seconds>``), from the frame indices
+    # and fps lco's preprocessing passes (lco/preprocess.py)
     "qwen3_vl": Family("qwen3_vl", "Qwen3VLForConditionalGeneration", "model.language_model", ("model.visual",),
-                       ("text", "image"), "Qwen3VLProcessor", mrope=True),
+                       ("text", "image", "video"), "Qwen3VLProcessor", mrope=True),
     # Qwen3-VL MoE (30B-A3B, 235B-A22B): the same towers and processor; the decoder's MLPs are routed experts with
     # fused 3-D weights (no nn.Linear), so LoRA's default targets reach attention and any dense MLP layers, and
     # the experts only with method.experts=true (peft target_parameters); the router stays frozen
     "qwen3_vl_moe": Family("qwen3_vl_moe", "Qwen3VLMoeForConditionalGeneration", "model.language_model",
-                           ("model.visual",), ("text", "image"), "Qwen3VLProcessor", mrope=True, moe=True),
-    # Qwen3-Omni's thinker (30B-A3B): Qwen3-VL's vision tower, an audio encoder and an MoE decoder; video waits for a
-    # video processor with Qwen3's 16-pixel patches in lco's torchvision-free path, so it is refused for now
+                           ("model.visual",), ("text", "image", "video"), "Qwen3VLProcessor", mrope=True, moe=True),
+    # Qwen3-Omni's thinker (30B-A3B): Qwen3-VL's vision tower, an audio encoder and an MoE decoder; its video
+    # processor is Qwen2-VL's with 16-pixel patches; video tokens are timed by its processor's default 1 fps (README)
     "qwen3_omni": Family("qwen3_omni", "Qwen3OmniMoeThinkerForConditionalGeneration", "model.language_model",
-                         ("model.visual", "model.audio_tower"), ("text", "image", "audio"), "Qwen3OmniMoeProcessor",
+                         ("model.visual", "model.audio_tower"), ("text", "image", "video", "audio"),
+                         "Qwen3OmniMoeProcessor",
                          "WhisperFeatureExtractor", config_key="thinker_config", mrope=True, moe=True),
     # Qwen3.5 (dense; MoE: routed experts beside a shared expert): 3 of every 4 decoder layers are Gated DeltaNet
     # linear attention (``linear_attn``), a causal convolution and a recurrence over the row. Left padding is zeroed
     # before both, so padded batches are exact; packed rows and a shared prefix are refused (config.py). Video as
     # for Qwen3-VL
     "qwen3_5": Family("qwen3_5", "Qwen3_5ForConditionalGeneration", "model.language_model", ("model.visual",),
-                      ("text", "image"), "Qwen3VLProcessor", mrope=True, recurrent=True),
+                      ("text", "image", "video"), "Qwen3VLProcessor", mrope=True, recurrent=True),
     "qwen3_5_moe": Family("qwen3_5_moe", "Qwen3_5MoeForConditionalGeneration", "model.language_model",
-                          ("model.visual",), ("text", "image"), "Qwen3VLProcessor", mrope=True, moe=True,
+                          ("model.visual",), ("text", "image", "video"), "Qwen3VLProcessor", mrope=True, moe=True,
                           recurrent=True),
     "qwen2_5_omni": Family("qwen2_5_omni", "Qwen2_5OmniThinkerForConditionalGeneration", "model.language_model",
                            ("model.visual", "model.audio_tower"), ("text", "image", "video", "audio"),

@@ -86,7 +86,7 @@ TINY_SPECS: dict[str, tuple[str, str, dict]] = {
                       num_mel_bins=128, max_source_positions=1500, n_window=100),
     }),
 }
-_FORMAT_VERSION = 2
+_FORMAT_VERSION = 3
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 # name -> (tiny twin it was trained from, its trained weights packed by lco.models.delta, shipped in lco/assets)
 PRETRAINED: dict[str, tuple[str, str]] = {"toy_omni_pretrained": ("toy_omni", "toy_omni_pretrained.safetensors")}
@@ -151,7 +151,7 @@ def build_processor(name: str):
     from transformers import Qwen2VLImageProcessorPil, WhisperFeatureExtractor
 
     from lco.models.families import get_family
-    from lco.models.processor import FramesVideoProcessor, assemble_processor
+    from lco.models.processor import QWEN3_VIDEO, FramesVideoProcessor, assemble_processor
     from lco.models.tokenizer import build_qwen_tokenizer
 
     family_name, flavour, _ = TINY_SPECS[name]
@@ -161,11 +161,16 @@ def build_processor(name: str):
         return assemble_processor("tokenizer", tokenizer, chat_template=_chat_template(flavour))
     # Small pixel budget: a 112x112 image becomes 16 patches -> 4 merged tokens.
     image_processor = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=224 * 224)
-    if flavour.startswith("qwen3"):  # Qwen3's image processor: 16-pixel patches, mean and std 0.5
-        image_processor = Qwen2VLImageProcessorPil(min_pixels=64 * 64, max_pixels=256 * 256, patch_size=16,
-                                                   image_mean=[0.5] * 3, image_std=[0.5] * 3)
-    feature_extractor = WhisperFeatureExtractor(feature_size=128) if family.feature_extractor_class else None
     video_processor = FramesVideoProcessor(min_pixels=56 * 56, max_pixels=112 * 112)
+    if flavour.startswith("qwen3"):  # Qwen3's image and video processors: 16-pixel patches, mean and std 0.5
+        half = {"patch_size": 16, "image_mean": [0.5] * 3, "image_std": [0.5] * 3}
+        image_processor = Qwen2VLImageProcessorPil(min_pixels=64 * 64, max_pixels=256 * 256, **half)
+        # Qwen3-VL's budget covers frames x pixels of a clip; Qwen3-Omni's is Qwen2-VL's processor, per frame
+        video_processor = (FramesVideoProcessor(min_pixels=64 * 64, max_pixels=128 * 128, **half)
+                           if flavour == "qwen3_omni" else
+                           FramesVideoProcessor(min_pixels=2 * 64 * 64, max_pixels=4 * 128 * 128, kind=QWEN3_VIDEO,
+                                                **half))
+    feature_extractor = WhisperFeatureExtractor(feature_size=128) if family.feature_extractor_class else None
     return assemble_processor(family.processor_class, tokenizer, image_processor, feature_extractor,
                               chat_template=_chat_template(flavour), video_processor=video_processor)
 
