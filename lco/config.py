@@ -211,6 +211,25 @@ def _prefix_problems(cfg: DictConfig) -> list[str]:
     return problems
 
 
+def _source_prompt_problems(cfg: DictConfig) -> list[str]:
+    """``preprocess.source_prompts``: each entry well formed (``SourcePrompt.parse``) and, where the config has
+    data sources, named after one of them."""
+    from lco.prompts import SourcePrompt
+
+    prompts = OmegaConf.select(cfg, "preprocess.source_prompts") or {}
+    sources = OmegaConf.select(cfg, "data.sources")
+    problems = []
+    for name, spec in prompts.items():
+        try:
+            SourcePrompt.parse(str(name), spec)
+        except ConfigError as err:
+            problems.append(str(err))
+        if sources is not None and name not in sources:
+            problems.append(f"preprocess.source_prompts.{name} names no data source; the sources are "
+                            f"{', '.join(map(str, sources))}.")
+    return problems
+
+
 def _family_problems(cfg: DictConfig) -> list[str]:
     """``method.experts=true`` (LoRA on MoE expert weights) on a family whose decoder has no routed experts, or with
     LoRA dropout (peft's parameter LoRA has none); packing or a shared prefix on a linear-attention decoder."""
@@ -253,6 +272,7 @@ def check_config(cfg: DictConfig) -> None:
     problems.extend(config_problems(cfg))
     problems.extend(_prefix_problems(cfg))
     problems.extend(_family_problems(cfg))
+    problems.extend(_source_prompt_problems(cfg))
     if problems:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems)
                           + "\nFix the keys above (command line or conf/ files); nothing was loaded.")

@@ -13,13 +13,13 @@ folders are taken at ``video_folder_fps``) and do not re-sample them. Runs insid
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from lco.data.media import load_audio, load_image, load_video
-from lco.errors import RecordError
-from lco.prompts import Prompter
+from lco.errors import ConfigError, RecordError
+from lco.prompts import Prompter, SourcePrompt
 
 
 @dataclass
@@ -35,6 +35,28 @@ class Preprocessor:
     audio_max_seconds: float = 30.0
     video_max_frames: int = 16
     video_folder_fps: float = 2.0
+    # source name -> its prompt over ``prompter`` (lco/prompts.py); an item with ``"prompt": <name>`` uses it
+    source_prompts: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.source_prompts = {str(name): spec if isinstance(spec, SourcePrompt) else SourcePrompt.parse(name, spec)
+                               for name, spec in dict(self.source_prompts or {}).items()}
+        self._prompters = {name: spec.over(self.prompter) for name, spec in self.source_prompts.items()}
+
+    def applies(self, source: str | None, side: str) -> bool:
+        """Whether ``source``'s own prompt is used on the record ``side`` (``anchor``, ``positive``, ``negatives``)."""
+        return source in self.source_prompts and side in self.source_prompts[source].sides
+
+    def prompter_for(self, item: dict) -> Prompter:
+        """The prompter of ``item``: its ``prompt`` source's, or the default one."""
+        name = item.get("prompt")
+        if name is None:
+            return self.prompter
+        if name not in self._prompters:
+            known = ", ".join(sorted(self._prompters)) or "none"
+            raise ConfigError(f"prompt {name!r} is not one of this model's source prompts ({known}); they are set by "
+                              "preprocess.source_prompts.<source> and recorded in lco_embedding.json.")
+        return self._prompters[name]
 
     @property
     def tokenizer(self):
@@ -48,16 +70,19 @@ class Preprocessor:
         """The settings a user needs to preprocess items as training did (keys of ``lco_embedding.json``)."""
         return {"max_text_tokens": self.max_text_tokens, "image_max_size": self.image_max_size,
                 "audio_max_seconds": self.audio_max_seconds, "video_max_frames": self.video_max_frames,
-                "video_folder_fps": self.video_folder_fps, "prompt_suffixes": self.prompter.suffixes, "system_prompt": self.prompter.system,
-                "padding_side": "left"}
+                "video_folder_fps": self.video_folder_fps, "prompt_suffixes": self.prompter.suffixes,
+                "system_prompt": self.prompter.system, "instruction": self.prompter.instruction,
+                "padding_side": "left",
+                "source_prompts": {name: spec.card() for name, spec in self.source_prompts.items()}}
 
     @classmethod
     def from_card(cls, processor, card: dict) -> Preprocessor:
         """The preprocessor a card describes (cards written before a setting existed get its default)."""
-        prompter = Prompter(suffixes=card["prompt_suffixes"], system=card.get("system_prompt"))
+        prompter = Prompter(suffixes=card["prompt_suffixes"], system=card.get("system_prompt"),
+                            instruction=card.get("instruction"))
         return cls(processor, prompter, card["max_text_tokens"],
-                   **{k: card[k] for k in ("image_max_size", "audio_max_seconds", "video_max_frames", "video_folder_fps")
-                      if k in card})
+                   **{k: card[k] for k in ("image_max_size", "audio_max_seconds", "video_max_frames",
+                                           "video_folder_fps", "source_prompts") if k in card})
 
     def truncate(self, texts: list[str]) -> list[str]:
         """Cut each item's own text to ``max_text_tokens`` tokens (the prompt around it is kept whole). One
@@ -94,7 +119,7 @@ class Preprocessor:
         """The chat prompt string of each item, its text cut to ``max_text_tokens`` (what the model reads)."""
         with_text = [i for i, item in enumerate(items) if item.get("text")]
         cut = dict(zip(with_text, self.truncate([items[i]["text"] for i in with_text])))
-        return [self.prompter.render(self.processor, {**item, "text": cut[i]} if i in cut else item)
+        return [self.prompter_for(item).render(self.processor, {**item, "text": cut[i]} if i in cut else item)
                 for i, item in enumerate(items)]
 
     def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:

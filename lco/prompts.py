@@ -2,11 +2,15 @@
 
 The reference recipe (FIELD_NOTES section 2): ``<content>\\nSummarize the above <modality> in one word:``,
 ``add_generation_prompt=True``; items mixing an image with text use the ``mixed`` suffix.
+
+A data source may add its own prompt on top (``preprocess.source_prompts.<source>``: ``SourcePrompt``): an
+instruction before the item's content, a system turn, suffixes per modality, on the sides it names (the anchor by
+default, as instructions go to queries only in E5/VLM2Vec-style training).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from lco.errors import ConfigError
 
@@ -33,6 +37,7 @@ class Prompter:
 
     suffixes: dict[str, str] = field(default_factory=lambda: dict(REFERENCE_SUFFIXES))
     system: str | None = None  # None: the checkpoint's chat template decides (Qwen adds its default system turn)
+    instruction: str | None = None  # text before the item's content (media and text), kept whole like the prompt
     _frames: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # id(processor) -> frame
 
     def __post_init__(self):
@@ -45,7 +50,8 @@ class Prompter:
             raise ConfigError(f"preprocess.prompter.suffixes lacks {sorted(missing)}; give a suffix for every modality.")
 
     def messages(self, item: dict) -> list[dict]:
-        content = [{"type": m} for m in ("image", "video", "audio") if item.get(m)]
+        content = [{"type": "text", "text": self.instruction}] if self.instruction else []
+        content += [{"type": m} for m in ("image", "video", "audio") if item.get(m)]
         content.append({"type": "text", "text": (item.get("text") or "") + self.suffixes[modality(item)]})
         turns = [{"role": "user", "content": content}]
         if self.system is not None:
@@ -80,3 +86,54 @@ class Prompter:
                   "Größe 大小 🙂\t"]
         ok = all(self._template(processor, {"text": p}) == before + p + after for p in probes)
         return (before, after) if ok else None
+
+
+SIDES = ("anchor", "positive", "negatives")
+
+
+@dataclass(frozen=True)
+class SourcePrompt:
+    """One data source's prompt over ``preprocess.prompter``: ``instruction`` (put before the item's content),
+    ``system`` (a system turn; None keeps the default's), ``suffixes`` (modality -> suffix, the others kept), on the
+    record ``sides`` listed (``anchor``, ``positive``, ``negatives``)."""
+
+    instruction: str | None = None
+    system: str | None = None
+    suffixes: dict = field(default_factory=dict)
+    sides: tuple = ("anchor",)
+
+    @classmethod
+    def parse(cls, name: str, spec) -> SourcePrompt:
+        """``spec`` (a mapping from the config or a card) checked, every problem in one ``ConfigError``."""
+        where = f"preprocess.source_prompts.{name}"
+        if not hasattr(spec, "keys"):
+            raise ConfigError(f"{where} is {spec!r}; give a mapping with instruction, system, suffixes and/or sides.")
+        spec = {str(k): v for k, v in spec.items()}
+        problems = [f"{where}.{k} is not a key (use instruction, system, suffixes, sides)"
+                    for k in spec if k not in ("instruction", "system", "suffixes", "sides")]
+        problems += [f"{where}.{k}={spec[k]!r} must be text or null" for k in ("instruction", "system")
+                     if spec.get(k) is not None and not isinstance(spec[k], str)]
+        suffixes = spec.get("suffixes") or {}
+        if not hasattr(suffixes, "items"):
+            problems.append(f"{where}.suffixes must map modalities to text")
+            suffixes = {}
+        suffixes = {str(k): v for k, v in suffixes.items()}
+        problems += [f"{where}.suffixes.{k} is not a modality ({', '.join(REFERENCE_SUFFIXES)})"
+                     for k in suffixes if k not in REFERENCE_SUFFIXES]
+        problems += [f"{where}.suffixes.{k}={v!r} must be text" for k, v in suffixes.items() if not isinstance(v, str)]
+        sides = spec.get("sides", ("anchor",))
+        sides = [sides] if isinstance(sides, str) else list(sides or [])
+        if not sides or any(side not in SIDES for side in sides):
+            problems.append(f"{where}.sides={sides!r} must list some of {', '.join(SIDES)}")
+        if problems:
+            raise ConfigError("invalid source prompt: " + "; ".join(problems) + ".")
+        return cls(spec.get("instruction"), spec.get("system"), suffixes, tuple(sides))
+
+    def over(self, base: Prompter) -> Prompter:
+        """The prompter of this source's items: ``base`` with this source's instruction, system and suffixes."""
+        return replace(base, suffixes={**base.suffixes, **self.suffixes}, instruction=self.instruction,
+                       system=self.system if self.system is not None else base.system)
+
+    def card(self) -> dict:
+        return {"instruction": self.instruction, "system": self.system, "suffixes": dict(self.suffixes),
+                "sides": list(self.sides)}

@@ -92,6 +92,7 @@ def test_streamed_source_is_read_lazily_and_mixes(tmp_path):
     batches = list(dm.train_batches())
     assert len(batches) == 8 and all(len(b) == 10 for b in batches)
     assert sum(b[0]["origin"].startswith(str(path)) for b in batches) == 8
+    assert {r["source"] for b in batches for r in b} == {"big", "small"}  # each record knows its source (prompts)
 
 
 def test_stream_of_unknown_size_needs_steps_per_epoch(tmp_path):

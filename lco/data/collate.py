@@ -16,7 +16,8 @@ from lco.prompts import modality
 
 @dataclass
 class TripletCollator:
-    """Batch of records ``{"anchor", "positive", "negatives": [item, ...]}`` -> encoded columns.
+    """Batch of records ``{"anchor", "positive", "negatives": [item, ...], "source"}`` -> encoded columns (items of
+    a source with its own prompt, ``preprocess.source_prompts``, get it on the sides it names).
 
     Output: ``{"anchor": enc, "positive": enc, "negative": enc or None, "num_negatives": K, "modality": {"anchor":
     [...], "positive": [...]}, "keys": {"anchor": [B], "positive": [B], "negative": [B*K] or None}}`` where the
@@ -26,23 +27,33 @@ class TripletCollator:
 
     preprocessor: Preprocessor
 
+    def _items(self, records: list[dict], side: str) -> list[dict]:
+        """The items of ``side`` (``anchor``, ``positive`` or ``negatives``, flattened), each tagged with its record's
+        ``source`` as ``prompt`` where that source's own prompt applies to the side."""
+        out = []
+        for record in records:
+            tag = record.get("source") if self.preprocessor.applies(record.get("source"), side) else None
+            for item in record["negatives"] if side == "negatives" else [record[side]]:
+                out.append({**item, "prompt": tag} if tag else item)
+        return out
+
     def __call__(self, records: list[dict]) -> dict:
         counts = {len(r["negatives"]) for r in records}
         if len(counts) != 1:
             raise RecordError(f"every record in a batch needs the same number of negatives, got counts "
                               f"{sorted(counts)} (records: {', '.join(r.get('origin', '?') for r in records)}).")
         k = counts.pop()
+        anchors, positives, negatives = (self._items(records, side) for side in ("anchor", "positive", "negatives"))
         try:
             return {
-                "anchor": self.preprocessor([r["anchor"] for r in records]),
-                "positive": self.preprocessor([r["positive"] for r in records]),
-                "negative": self.preprocessor([neg for r in records for neg in r["negatives"]]) if k else None,
+                "anchor": self.preprocessor(anchors),
+                "positive": self.preprocessor(positives),
+                "negative": self.preprocessor(negatives) if k else None,
                 "num_negatives": k,
-                "modality": {side: [modality(r[side]) for r in records]
-                             for side in ("anchor", "positive")},
-                "keys": {"anchor": item_keys([r["anchor"] for r in records]),
-                         "positive": item_keys([r["positive"] for r in records]),
-                         "negative": item_keys([neg for r in records for neg in r["negatives"]]) if k else None},
+                "modality": {"anchor": [modality(item) for item in anchors],
+                             "positive": [modality(item) for item in positives]},
+                "keys": {"anchor": item_keys(anchors), "positive": item_keys(positives),
+                         "negative": item_keys(negatives) if k else None},
             }
         except MediaError as err:
             raise RecordError(f"{err} (in one of: {', '.join(r.get('origin', '?') for r in records)}). The file "

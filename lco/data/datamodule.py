@@ -84,7 +84,7 @@ class TripletDataModule(pl.LightningDataModule):
                 first = next(iter(source.stream(self._policy(source))))  # fail fast on path/layout errors
                 self._note_modalities([first])
             else:
-                self.records[name] = source.load(self._policy(source))
+                self.records[name] = [{**record, "source": name} for record in source.load(self._policy(source))]
                 self._note_modalities(self.records[name])
         if self.val_source is not None:
             self.val_records = self.val_source.load(self._policy(self.val_source))
@@ -142,7 +142,9 @@ class TripletDataModule(pl.LightningDataModule):
                               f"{self.batch_size} x {world_size} devices; lower data.batch_size or add data.")
         readers = {}
         for name, source in self.sources.items():
-            stream = (lambda s=source: s.stream(self._policy(s))) if name not in self.records else None
+            stream = None
+            if name not in self.records:  # streamed: records carry their source's name, as loaded ones do
+                stream = lambda s=source, n=name: ({**r, "source": n} for r in s.stream(self._policy(s)))  # noqa: E731
             readers[name] = SourceReader(name, self.records.get(name), stream, self.shuffle, self.shuffle_buffer)
         weights = self.weights or {n: float(sizes[n] or 1) for n in self.sources}
         return MixtureBatches(readers, weights, self.batch_size, steps, self.collator, world_size, rank, self.seed)

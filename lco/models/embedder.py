@@ -109,15 +109,19 @@ class Embedder(nn.Module):
                 "normalize": self.normalize, **self.preprocessor.card()}
 
     @torch.no_grad()
-    def encode(self, items: list, batch_size: int = 32, progress: bool = False, dim: int | None = None
-               ) -> torch.Tensor:
+    def encode(self, items: list, batch_size: int = 32, progress: bool = False, dim: int | None = None,
+               prompt_name: str | None = None) -> torch.Tensor:
         """Embed items (``{"text", "image", "audio", "video"}`` dicts, or plain strings) with training's prompts
         and pooling. Items are batched by length (longest first) to waste little padding; the output keeps
         the input order. Returns float32 [N, D] on CPU; ``dim``: the first ``dim`` dimensions, re-normalised
-        (a Matryoshka embedding: ``loss.matryoshka_dims``)."""
+        (a Matryoshka embedding: ``loss.matryoshka_dims``); ``prompt_name``: a training source's own prompt
+        (``preprocess.source_prompts``, in the card) for every item, e.g. for the queries of that task."""
         if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or not 0 < dim <= self.out_dim):
             raise ConfigError(f"dim={dim!r} is not valid: a number of leading dimensions from 1 to {self.out_dim}.")
         items = [{"text": it} if isinstance(it, str) else it for it in items]
+        if prompt_name is not None:
+            self.preprocessor.prompter_for({"prompt": prompt_name})  # an unknown name fails here, before any work
+            items = [{**it, "prompt": prompt_name} for it in items]
         order = sorted(range(len(items)), key=lambda i: -_size(items[i]))
         device = next(self.model.parameters()).device
         out = torch.empty(0)
