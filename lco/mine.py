@@ -2,15 +2,16 @@
 
 Order: read the input rows (any source: anchor and positive are used, existing negatives are replaced), check the
 options, load the embedder (a trained folder's card, or the base ``model=``), embed the pool of candidates (the
-distinct positives of all rows, by content: ``lco.data.collate.item_key``) and the anchors, score each anchor
+distinct positives of all rows, every one of a row with several; by content: ``lco.data.collate.item_key``) and
+the anchors, score each anchor
 against the whole pool (exact cosine, ``chunk`` anchors at a time on the device), and write every row with its
 ``num_negatives`` mined negatives to ``out`` (JSONL, lco's ``anchor``/``positive``/``negatives`` layout; media as
 absolute paths). Anchors and candidates may be of any modality: image anchors mine text candidates alike.
 
 Which candidates are eligible for an anchor (the options of sentence-transformers' ``mine_hard_negatives``):
-never its own positive nor a candidate equal in content to its anchor or positive; its rank among the others
-(0 = the most similar) in ``[range_min, range_max)``; cosine <= ``max_score``, <= positive's cosine -
-``absolute_margin``, <= positive's cosine x (1 - ``relative_margin``). ``sampling=top`` takes the best-ranked
+never one of its positives nor a candidate equal in content to its anchor; its rank among the others (0 = the
+most similar) in ``[range_min, range_max)``; cosine <= ``max_score``, <= the (first) positive's cosine -
+``absolute_margin``, <= that cosine x (1 - ``relative_margin``). ``sampling=top`` takes the best-ranked
 eligible, ``random`` a draw seeded by ``seed`` and the row's index (so a resumed run draws the same).
 
 Rows with fewer eligible candidates than ``num_negatives`` are left out (``short=drop``: a source needs one count of
@@ -75,14 +76,14 @@ class Window:
             raise ConfigError("invalid mining options: " + "; ".join(problems) + ".")
 
 
-def mine(anchors: torch.Tensor, pool: torch.Tensor, positive: torch.Tensor, same: torch.Tensor, window: Window,
+def mine(anchors: torch.Tensor, pool: torch.Tensor, positive: torch.Tensor, excluded: torch.Tensor, window: Window,
          chunk: int = 1024, first_row: int = 0) -> tuple[list[list[int]], list[list[float]], torch.Tensor]:
     """Mined negatives of each anchor: (pool indices per row, their cosines, the positives' cosines [N]).
 
     ``anchors`` [N, D] and ``pool`` [M, D]: unit vectors, on the device to score on; ``positive`` [N] (long):
-    each row's positive in the pool; ``same`` [N] (long): the pool index equal in content to the row's anchor,
-    -1 if none. ``first_row``: the rows' offset in the input (seeds ``sampling=random``). Ranks break exact ties
-    by pool index."""
+    each row's positive in the pool (the margins' reference); ``excluded`` [N, E] (long): other pool indices the
+    row never takes (equal in content to its anchor, its other positives), -1 for none. ``first_row``: the rows'
+    offset in the input (seeds ``sampling=random``). Ranks break exact ties by pool index."""
     indices, scores, positives = [], [], []
     k = min(window.range_max, pool.shape[0])
     for start in range(0, anchors.shape[0], chunk):
@@ -90,8 +91,8 @@ def mine(anchors: torch.Tensor, pool: torch.Tensor, positive: torch.Tensor, same
         sim = anchors[rows] @ pool.T  # [c, M] cosines
         pos = sim.gather(1, positive[rows, None]).squeeze(1)
         sim.scatter_(1, positive[rows, None], float("-inf"))
-        anchor_in_pool = same[rows] >= 0
-        sim[anchor_in_pool.nonzero().squeeze(1), same[rows][anchor_in_pool]] = float("-inf")
+        hit = (excluded[rows] >= 0).nonzero()  # [(row in chunk, slot)]
+        sim[hit[:, 0], excluded[rows][hit[:, 0], hit[:, 1]]] = float("-inf")
         top, idx = sim.topk(k, dim=1)  # then (score desc, index asc) among the k, for deterministic ties
         idx, order = idx.sort(dim=1)
         top = top.gather(1, order)
@@ -159,6 +160,18 @@ def _resume(out: Path, progress: Path, fingerprint: str) -> int:
     return int(state["rows_done"])
 
 
+def _excluded(records: list[dict], keys: dict[int, int]) -> torch.Tensor:
+    """[N, E] pool indices each row never takes: the candidate equal to its anchor and its other positives."""
+    from lco.data.collate import item_key
+
+    rows = [[keys[k] for k in {item_key(r["anchor"]), *map(item_key, r.get("positives", []))} if k in keys]
+            for r in records]
+    out = torch.full((len(rows), max(map(len, rows), default=0) or 1), -1, dtype=torch.long)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+    return out
+
+
 def run(cfg: DictConfig) -> dict:
     from lco.config import check_config
     from lco.data.collate import item_key
@@ -185,10 +198,11 @@ def run(cfg: DictConfig) -> dict:
     done = _resume(out, progress, fingerprint)
     keys, pool_items = {}, []
     for record in records:
-        key = item_key(record["positive"])
-        if key not in keys:
-            keys[key] = len(pool_items)
-            pool_items.append(record["positive"])
+        for item in record.get("positives", [record["positive"]]):
+            key = item_key(item)
+            if key not in keys:
+                keys[key] = len(pool_items)
+                pool_items.append(item)
     embedder = load_embedder(cfg.checkpoint, device=DEVICE) if cfg.checkpoint else configured(cfg).to(DEVICE).eval()
     with torch.no_grad():
         pool = torch.nn.functional.normalize(embedder.encode(pool_items, cfg.batch_size, progress=True), dim=-1)
@@ -201,15 +215,17 @@ def run(cfg: DictConfig) -> dict:
             anchors = embedder.encode([r["anchor"] for r in block], cfg.batch_size, progress=len(block) > 1)
         anchors = torch.nn.functional.normalize(anchors, dim=-1).to(DEVICE)
         positive = torch.tensor([keys[item_key(r["positive"])] for r in block], dtype=torch.long, device=DEVICE)
-        same = torch.tensor([keys.get(item_key(r["anchor"]), -1) for r in block], dtype=torch.long, device=DEVICE)
-        indices, scores, pos = mine(anchors, pool, positive, same, window, cfg.chunk, first_row=start)
+        indices, scores, pos = mine(anchors, pool, positive, _excluded(block, keys).to(DEVICE), window, cfg.chunk,
+                                    first_row=start)
         with out.open("a") as handle:
             for record, picked, cosines, p in zip(block, indices, scores, pos.tolist()):
                 short = len(picked) < window.num_negatives
                 totals["short"] += short
                 if short and cfg.short == "drop":
                     continue
-                row = {side: written_item(record[side], record["origin"]) for side in ("anchor", "positive")}
+                row = {"anchor": written_item(record["anchor"], record["origin"]),
+                       "positive": [written_item(item, record["origin"]) for item in record["positives"]]
+                       if "positives" in record else written_item(record["positive"], record["origin"])}
                 row["negatives"] = [written_item(pool_items[i], record["origin"]) for i in picked]
                 handle.write(json.dumps(row, ensure_ascii=False) + "\n")
                 totals["written"] += 1

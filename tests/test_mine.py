@@ -15,15 +15,15 @@ from tests.conftest import compose_train, run_entry
 from tests.media_fixtures import SCENES, caption, write_jsonl
 
 
-def brute_force(anchors, pool, positive, same, window: Window) -> tuple[list[list[int]], list[list[float]]]:
+def brute_force(anchors, pool, positive, excluded, window: Window) -> tuple[list[list[int]], list[list[float]]]:
     """The rules of ``lco.mine`` written out per row in float64: rank every candidate but the positive and the
-    anchor's twin by (cosine desc, index asc), keep ranks range_min .. range_max-1 passing the score rules, take
-    the first num_negatives."""
+    row's excluded ones (anchor's twin, other positives) by (cosine desc, index asc), keep ranks
+    range_min .. range_max-1 passing the score rules, take the first num_negatives."""
     sim = (anchors.double() @ pool.double().T).tolist()
     picked, scores = [], []
     for row, cosines in enumerate(sim):
         pos = cosines[positive[row]]
-        ranked = sorted((j for j in range(len(cosines)) if j not in (positive[row], same[row])),
+        ranked = sorted((j for j in range(len(cosines)) if j != positive[row] and j not in excluded[row]),
                         key=lambda j: (-cosines[j], j))[window.range_min: window.range_max]
         ok = [j for j in ranked
               if (window.max_score is None or cosines[j] <= window.max_score)
@@ -39,8 +39,11 @@ def problem(seed=0, n=40, m=60, d=8):
     pool = normalize(torch.randn(m, d, generator=g), dim=-1)
     positive = torch.randint(0, m, (n,), generator=g)
     anchors = normalize(pool[positive] + 0.7 * torch.randn(n, d, generator=g), dim=-1)  # near their positives
-    same = torch.where(torch.arange(n) % 5 == 0, torch.randint(0, m, (n,), generator=g), torch.full((n,), -1))
-    return anchors, pool, positive, same
+    # every 5th row has an anchor twin in the pool, every 3rd two more positives; the rest pad with -1
+    excluded = torch.full((n, 3), -1)
+    excluded[::5, 0] = torch.randint(0, m, (len(range(0, n, 5)),), generator=g)
+    excluded[::3, 1:] = torch.randint(0, m, (len(range(0, n, 3)), 2), generator=g)
+    return anchors, pool, positive, excluded
 
 
 @pytest.mark.parametrize("window", [
@@ -60,12 +63,12 @@ def test_mined_negatives_equal_a_brute_force_reference(window):
         assert all(abs(a - b) < 1e-6 for row, ref in zip(scores, expected_scores) for a, b in zip(row, ref))
         assert torch.allclose(pos.double(), (anchors * pool[positive]).sum(1).double(), atol=1e-6)
     assert any(len(row) < window.num_negatives for row in picked) == (window.num_negatives == 60)
-    assert all(positive[r].item() not in row and same[r].item() not in row for r, row in enumerate(picked))
+    assert all(positive[r].item() not in row and not set(same[r].tolist()) & set(row) for r, row in enumerate(picked))
 
 
 def test_ties_go_to_the_lower_index_and_random_draws_do_not_depend_on_chunks():
     pool = normalize(torch.tensor([[1.0, 0.0]] * 6 + [[0.0, 1.0]]), dim=-1)  # six equal candidates
-    anchors, positive, same = pool[6:7], torch.tensor([6]), torch.tensor([-1])
+    anchors, positive, same = pool[6:7], torch.tensor([6]), torch.tensor([[-1]])
     picked, _, _ = mine(anchors, pool, positive, same, Window(num_negatives=3, range_min=1))
     assert picked == [[1, 2, 3]]
     anchors, pool, positive, same = problem(seed=1)
@@ -98,6 +101,7 @@ def _rows(media) -> list[dict]:
         scene = SCENES[i % 4]
         anchor = {"text": "", "image_path": str(root / files["image"][i])} if i < 4 else f"Seen: {caption(scene)}"
         rows.append({"anchor": anchor, "positive": f"{caption(scene)} (take {i // 4})", "negative": "Nothing."})
+    rows[7]["positive"] = [rows[7]["positive"], "The same scene, told again."]  # several positives
     return rows
 
 
@@ -110,14 +114,16 @@ def test_mining_a_cross_modal_file_writes_rows_that_train_and_resumes(tmp_path, 
     args = [f"input.path={data}", "input.allow_outside_root=true", "model=tiny_vl", f"out={out}", "num_negatives=2",
             "chunk=3", "batch_size=4"]
     summary = run(compose_train(tmp_path / "a", args, config_name="mine"))
-    assert (summary["rows"], summary["pool"], summary["written"], summary["mined"]) == (8, 8, 8, 16)
+    assert (summary["rows"], summary["pool"], summary["written"], summary["mined"]) == (8, 9, 8, 16)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     for source, row in zip(_rows(media), rows):
         assert row["anchor"] == source["anchor"] and row["positive"] == source["positive"]  # absolute paths kept
         assert len(row["negatives"]) == 2 and all(isinstance(n, str) for n in row["negatives"])  # text candidates
-        assert row["positive"] not in row["negatives"] and row["anchor"] not in row["negatives"]
+        positives = row["positive"] if isinstance(row["positive"], list) else [row["positive"]]
+        assert not set(positives) & set(row["negatives"]) and row["anchor"] not in row["negatives"]
     records = TableSource("mined", path=str(out), allow_outside_root=True).load()
     assert len(records) == 8 and {len(r["negatives"]) for r in records} == {2}
+    assert records[7]["positives"] == [{"text": t} for t in _rows(media)[7]["positive"]]
     assert "image" in records[0]["anchor"] and records[0]["anchor"]["image"].endswith(".png")
 
     first = out.read_text()

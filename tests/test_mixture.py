@@ -167,3 +167,47 @@ def test_streamed_only_data_trains_without_validation(tmp_path):
     metrics, built = run(cfg)
     assert built["trainer"].global_step == 2 and len(built["module"].history["train/loss"]) == 2  # steps_per_epoch
     assert "val/r1" not in metrics and not built["datamodule"].val_records
+
+
+def _positives(batch):
+    return [(r["origin"], r["positive"]["text"]) for r in batch]
+
+
+def test_several_positives_are_read_in_turn_over_passes_and_resume_exactly(tmp_path):
+    """A row may give a list of positives (``positive`` as a list, or a ``positives`` column): training uses one
+    per pass, in turn from a seeded start, so every one is used, and a resumed run picks what an uninterrupted did."""
+    from lco.data.mixture import pick_positive
+
+    path = tmp_path / "multi.jsonl"
+    path.write_text("".join(json.dumps({"anchor": f"q{i}", "positives": [f"q{i}-p{j}" for j in range(3)],
+                                        "negative": "n"}) + "\n" for i in range(8)))
+    records = TableSource("multi", path=str(path)).load()
+    assert [p["text"] for p in records[0]["positives"]] == ["q0-p0", "q0-p1", "q0-p2"]
+    assert records[0]["positive"] == {"text": "q0-p0"}  # validation uses the first
+    turns = [pick_positive(records[0], seed=0, turn=t)["positive"]["text"] for t in range(6)]
+    assert sorted(turns[:3]) == ["q0-p0", "q0-p1", "q0-p2"] and turns[3:] == turns[:3]
+
+    def mixture():  # 8 rows, batches of 4: each step is half a pass, so 6 steps are 3 passes
+        return MixtureBatches({"multi": SourceReader("multi", records)}, {"multi": 1}, 4, 6, list, 1, 0, 5)
+
+    full = [_positives(b) for b in mixture()]
+    per_row: dict[str, set] = {}
+    for origin, positive in (pair for batch in full for pair in batch):
+        per_row.setdefault(origin, set()).add(positive)
+    assert all(len(used) == 3 for used in per_row.values())  # every positive of every row, once each
+    loader = ResumableLoader(mixture())
+    seen = [_positives(b) for b in itertools.islice(iter(loader), 3)]
+    resumed = ResumableLoader(mixture())
+    resumed.load_state_dict(loader.state_dict())
+    assert seen + [_positives(b) for b in resumed] == full
+
+
+@pytest.mark.parametrize("row,message", [
+    ({"anchor": "a", "positive": [], "negative": "n"}, "field 'positive' is an empty list"),
+    ({"anchor": "a", "positive": "p", "positives": ["q"]}, "both a 'positive' and a 'positives' column"),
+])
+def test_bad_positive_lists_name_the_line(tmp_path, row, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    with pytest.raises(RecordError, match=message):
+        TableSource("bad", path=str(path)).load()

@@ -113,7 +113,8 @@ class TripletDataModule(pl.LightningDataModule):
 
     def _note_modalities(self, records) -> None:
         for record in records:
-            for item in itertools.chain((record["anchor"], record["positive"]), record["negatives"]):
+            for item in itertools.chain((record["anchor"], record["positive"]), record.get("positives", ()),
+                                        record["negatives"]):
                 self._modalities.update(k for k in ("text", *MEDIA) if k in item)
 
     def modalities(self) -> set[str]:

@@ -38,6 +38,16 @@ def _salt(name: str) -> int:
     return zlib.crc32(name.encode())
 
 
+def pick_positive(record: dict, seed: int, turn: int) -> dict:
+    """``record`` with one of its ``positives`` as ``positive``: the list read in turn, from a start fixed by
+    ``seed`` and the record's origin (Tevatron's rotation), so every positive is used over passes and a resumed run
+    picks what an uninterrupted one did. Records with one positive are returned as they are."""
+    positives = record.get("positives")
+    if not positives:
+        return record
+    return {**record, "positive": positives[(_salt(f"{seed}:{record.get('origin')}") + turn) % len(positives)]}
+
+
 class SourceReader:
     """The epoch order of one source's records. In-memory: a seeded permutation per pass. Stream: the table
     order through a seeded shuffle buffer, re-read from the start for every pass."""
@@ -64,7 +74,7 @@ class SourceReader:
             empty = True
             for record in self._pass(seed * 7919 + _salt(self.name) + epoch * 104_729 + passes):
                 empty = False
-                yield record
+                yield pick_positive(record, seed, epoch + passes)
             if empty:
                 raise ValueError(f"data source {self.name!r} produced no records")
             passes += 1

@@ -1,6 +1,8 @@
 """The triplet record schema, its validation, and what happens to bad rows.
 
-A record is ``{"anchor": item, "positive": item, "negatives": [item, ...], "origin": "file, line N"}``;
+A record is ``{"anchor": item, "positive": item, "negatives": [item, ...], "origin": "file, line N"}``, plus
+``"positives": [item, ...]`` when a row gives several positives (a list in its positive column, or a ``positives``
+column; ``positive`` is then the first, and training draws one per pass: ``lco.data.mixture.pick_positive``);
 an item is a dict with any of ``text`` (str), ``image``, ``audio``, ``video`` (a path resolved against the
 data file's folder, a URL, bytes, or a ``{"bytes", "path"}`` dict). Rows in any accepted layout normalise to it:
 
@@ -24,13 +26,17 @@ from lco.data.media import check_media
 from lco.errors import ConfigError, MediaError, RecordError
 
 MEDIA = ("image", "audio", "video")
-LAYOUTS = (("anchor", "positive", "negative"), ("anchor", "positive", "negatives"), ("sent0", "sent1", "hard_neg"))
+LAYOUTS = (("anchor", "positive", "negative"), ("anchor", "positive", "negatives"), ("anchor", "positives", "negative"),
+           ("anchor", "positives", "negatives"), ("sent0", "sent1", "hard_neg"))
 log = logging.getLogger(__name__)
 
 
 def detect_layout(columns, source: str) -> tuple[str, str, str | None]:
     """The (anchor, positive, negative-or-None) column names of a table; raises if none of the layouts fits."""
     columns = set(columns)
+    if {"positive", "positives"} <= columns:
+        raise RecordError(f"{source}: has both a 'positive' and a 'positives' column; keep one (a list of items in "
+                          "either gives several positives per row).")
     for anchor, positive, negative in LAYOUTS:
         if {anchor, positive, negative} <= columns:
             return anchor, positive, negative
@@ -38,7 +44,7 @@ def detect_layout(columns, source: str) -> tuple[str, str, str | None]:
         if {anchor, positive} <= columns:
             return anchor, positive, None
     raise RecordError(
-        f"{source}: columns {sorted(columns)} match no known layout. Use anchor/positive[/negative or negatives] "
+        f"{source}: columns {sorted(columns)} match no known layout. Use anchor/positive(s)[/negative or negatives] "
         "(sentence-transformers, or the reference JSONL with {text, image_path} items) or sent0/sent1[/hard_neg] "
         "(SimCSE NLI); rename columns or map yours with data.sources.<name>.columns."
     )
@@ -141,8 +147,14 @@ def to_record(row: dict, columns: tuple[str, str, str | None], where: str, root:
     for name in (anchor, positive):
         if row.get(name) is None:
             raise RecordError(f"{where}: missing field {name!r}; every row needs {anchor!r} and {positive!r}.")
-    record = {"anchor": to_item(row[anchor], anchor, where, root, check),
-              "positive": to_item(row[positive], positive, where, root, check), "negatives": [], "origin": where}
+    positives = row[positive] if isinstance(row[positive], list) else [row[positive]]
+    if not positives:
+        raise RecordError(f"{where}: field {positive!r} is an empty list; give at least one positive.")
+    positives = [to_item(value, positive, where, root, check) for value in positives]
+    record = {"anchor": to_item(row[anchor], anchor, where, root, check), "positive": positives[0], "negatives": [],
+              "origin": where}
+    if len(positives) > 1:
+        record["positives"] = positives
     if negative is not None:
         value = row.get(negative)
         if _absent(value):
