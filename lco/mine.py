@@ -16,9 +16,9 @@ eligible, ``random`` a draw seeded by ``seed`` and the row's index (so a resumed
 
 Rows with fewer eligible candidates than ``num_negatives`` are left out (``short=drop``: a source needs one count of
 negatives per row) or written with what they got (``short=keep``). Rows are mined and appended ``chunk`` at a time,
-and ``<out>.progress.json`` records how many input rows are done, with a fingerprint of the input, embedder and
-options: a rerun with the same command continues after them (the pool is embedded again, the done anchors are
-not); another input or option refuses to append. A summary (rows, mined, short rows, mean cosines) is printed and
+and ``<out>.progress.json`` records how many input rows are done and the file's size then, with a fingerprint of
+the input, embedder and options: a rerun with the same command cuts off rows written after that and continues
+(the pool is embedded again, the done anchors are not); another input or option refuses to append. A summary (rows, mined, short rows, mean cosines) is printed and
 written to ``<out>.summary.json``.
 """
 
@@ -149,7 +149,8 @@ def _fingerprint(cfg: DictConfig, window: Window, records: list[dict]) -> str:
 
 
 def _resume(out: Path, progress: Path, fingerprint: str) -> int:
-    """Input rows an earlier run already mined into ``out`` (0 for a new file)."""
+    """Input rows an earlier run already mined into ``out`` (0 for a new file). Rows a cut run wrote past its last
+    recorded chunk are cut off (the file is truncated to the recorded size), so none is written twice."""
     if not out.exists():
         return 0
     state = json.loads(progress.read_text()) if progress.exists() else {}
@@ -157,6 +158,8 @@ def _resume(out: Path, progress: Path, fingerprint: str) -> int:
         raise ConfigError(f"out={out} exists but was not mined from this input with this embedder and these options "
                           f"({progress.name} {'differs' if state else 'is missing'}). Choose another out= or delete "
                           "the file to start again.")
+    with out.open("r+b") as handle:
+        handle.truncate(int(state["bytes"]))
     return int(state["rows_done"])
 
 
@@ -190,8 +193,8 @@ def run(cfg: DictConfig) -> dict:
                           "keep (written with fewer negatives: such a file trains only where every row has as many).")
     records = instantiate(cfg.input).load()
     for record in records:  # every row must be writable before any work
-        for side in ("anchor", "positive"):
-            written_item(record[side], record["origin"])
+        for item in (record["anchor"], *record.get("positives", [record["positive"]])):
+            written_item(item, record["origin"])
     out = Path(cfg.out or Path(cfg.paths.output_dir) / "mined.jsonl").resolve()
     progress = Path(f"{out}.progress.json")
     fingerprint = _fingerprint(cfg, window, records)
@@ -232,7 +235,8 @@ def run(cfg: DictConfig) -> dict:
                 totals["mined"] += len(picked)
                 totals["positive"] += p
                 totals["negative"] += sum(cosines)
-        progress.write_text(json.dumps({"fingerprint": fingerprint, "rows_done": start + len(block)}))
+        progress.write_text(json.dumps({"fingerprint": fingerprint, "rows_done": start + len(block),
+                                        "bytes": out.stat().st_size}))
     summary = {"out": str(out), "rows": len(records), "resumed_after": done, "pool": len(pool_items),
                "written": totals["written"], "mined": totals["mined"], "short": totals["short"],
                "short_rows": cfg.short,

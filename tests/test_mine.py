@@ -128,9 +128,11 @@ def test_mining_a_cross_modal_file_writes_rows_that_train_and_resumes(tmp_path, 
 
     first = out.read_text()
     lines = first.splitlines(keepends=True)
-    out.write_text("".join(lines[:3]))  # cut after the first chunk of 3 rows
+    # cut after the first chunk of 3 rows and half of the next row, as a killed run would leave it
+    out.write_text("".join(lines[:4])[: -len(lines[3]) // 2])
     progress = json.loads(out.with_name("mined.jsonl.progress.json").read_text())
-    out.with_name("mined.jsonl.progress.json").write_text(json.dumps({**progress, "rows_done": 3}))
+    out.with_name("mined.jsonl.progress.json").write_text(json.dumps(
+        {**progress, "rows_done": 3, "bytes": len("".join(lines[:3]).encode())}))
     resumed = run(compose_train(tmp_path / "b", args, config_name="mine"))
     assert resumed["resumed_after"] == 3 and out.read_text() == first
     with pytest.raises(ConfigError, match="not mined from this input"):
