@@ -135,16 +135,15 @@ def written_item(item: dict, where: str):
     return {"text": item.get("text", ""), **media} if media else item.get("text", "")
 
 
-def _fingerprint(cfg: DictConfig, window: Window, records: list[dict]) -> str:
-    """What a resumed run must share with the one that wrote ``out``: input rows, embedder, options."""
+def _fingerprint(cfg: DictConfig, window: Window, anchor_keys: list[int], positive_keys: list[list[int]]) -> str:
+    """What a resumed run must share with the one that wrote ``out``: input rows (their anchors' and first
+    positives' content keys), embedder, options."""
     import hashlib
-
-    from lco.data.collate import item_key
 
     digest = hashlib.blake2b(digest_size=12)
     digest.update(json.dumps([str(cfg.checkpoint), str(cfg.model.get("path")), repr(window)]).encode())
-    for record in records:
-        digest.update(f"{item_key(record['anchor'])},{item_key(record['positive'])};".encode())
+    for anchor, positives in zip(anchor_keys, positive_keys):
+        digest.update(f"{anchor},{positives[0]};".encode())
     return digest.hexdigest()
 
 
@@ -163,12 +162,10 @@ def _resume(out: Path, progress: Path, fingerprint: str) -> int:
     return int(state["rows_done"])
 
 
-def _excluded(records: list[dict], keys: dict[int, int]) -> torch.Tensor:
+def _excluded(anchor_keys: list[int], positive_keys: list[list[int]], keys: dict[int, int]) -> torch.Tensor:
     """[N, E] pool indices each row never takes: the candidate equal to its anchor and its other positives."""
-    from lco.data.collate import item_key
-
-    rows = [[keys[k] for k in {item_key(r["anchor"]), *map(item_key, r.get("positives", []))} if k in keys]
-            for r in records]
+    rows = [[keys[k] for k in {anchor, *positives} if k in keys] for anchor, positives in zip(anchor_keys,
+                                                                                               positive_keys)]
     out = torch.full((len(rows), max(map(len, rows), default=0) or 1), -1, dtype=torch.long)
     for i, row in enumerate(rows):
         out[i, : len(row)] = torch.tensor(row, dtype=torch.long)
@@ -197,12 +194,14 @@ def run(cfg: DictConfig) -> dict:
             written_item(item, record["origin"])
     out = Path(cfg.out or Path(cfg.paths.output_dir) / "mined.jsonl").resolve()
     progress = Path(f"{out}.progress.json")
-    fingerprint = _fingerprint(cfg, window, records)
+    # content keys, once per item: the fingerprint, the pool, each row's positive and its excluded candidates
+    anchor_keys = [item_key(record["anchor"]) for record in records]
+    positive_keys = [[item_key(item) for item in record.get("positives", [record["positive"]])] for record in records]
+    fingerprint = _fingerprint(cfg, window, anchor_keys, positive_keys)
     done = _resume(out, progress, fingerprint)
     keys, pool_items = {}, []
-    for record in records:
-        for item in record.get("positives", [record["positive"]]):
-            key = item_key(item)
+    for record, row_keys in zip(records, positive_keys):
+        for item, key in zip(record.get("positives", [record["positive"]]), row_keys):
             if key not in keys:
                 keys[key] = len(pool_items)
                 pool_items.append(item)
@@ -217,9 +216,10 @@ def run(cfg: DictConfig) -> dict:
         with torch.no_grad():
             anchors = embedder.encode([r["anchor"] for r in block], cfg.batch_size, progress=len(block) > 1)
         anchors = torch.nn.functional.normalize(anchors, dim=-1).to(DEVICE)
-        positive = torch.tensor([keys[item_key(r["positive"])] for r in block], dtype=torch.long, device=DEVICE)
-        indices, scores, pos = mine(anchors, pool, positive, _excluded(block, keys).to(DEVICE), window, cfg.chunk,
-                                    first_row=start)
+        rows = slice(start, start + len(block))
+        positive = torch.tensor([keys[k[0]] for k in positive_keys[rows]], dtype=torch.long, device=DEVICE)
+        excluded = _excluded(anchor_keys[rows], positive_keys[rows], keys).to(DEVICE)
+        indices, scores, pos = mine(anchors, pool, positive, excluded, window, cfg.chunk, first_row=start)
         with out.open("a") as handle:
             for record, picked, cosines, p in zip(block, indices, scores, pos.tolist()):
                 short = len(picked) < window.num_negatives
